@@ -1,0 +1,373 @@
+"""The tracker: one place per SKU where orders and stock moves meet (the join), in order.
+
+It consumes the SKU-partitioned envelopes written by agents/ingest.py. Each envelope is
+one batch: the agent reads the state of the SKUs it touches once, applies every event
+with the pure rules (duplicates, stock levels, supplier orders, windows), then writes
+each changed key once, every output message, and the input offset in one Kafka
+transaction (app/transaction.py).
+
+Per partition it also keeps in memory what the rules need between batches: the duplicate
+memory's expiry heap and the open windows. Both are rebuilt from the tables the first
+time a partition is processed after it is assigned, so a restart or rebalance resumes
+exactly where the last committed batch left off.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from app import topics
+from app.events import format_ts
+from app.main import app, settings
+from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.rules import windows as w
+from app.rules.stock import apply_order, apply_stock
+from app.transaction import Batch, commit
+from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
+from tables.base import partition_prefix
+
+SPECS = (
+    w.tumbling(settings.tumbling_seconds),
+    w.hopping(settings.hopping_seconds, settings.hopping_step_seconds),
+)
+COUNTERS = ("orders", "stock_moves", "duplicates", "late_orders", "replayed")
+
+
+@dataclass(slots=True)
+class PartitionRuntime:
+    """In-memory state of one partition of the SKU-keyed stream (rebuilt from tables)."""
+
+    partition: int
+    stream_time: float | None = None
+    """Largest event ts (orders and stock) seen; drives duplicate-memory expiry."""
+    seen: dict[bytes, list[Any]] = field(default_factory=dict)
+    """seen-ids key -> [ts, source topic, partition, offset]."""
+    expiry: list[tuple[float, bytes]] = field(default_factory=list)
+    """Heap of (ts, seen key) for expiring the duplicate memory by stream time."""
+    closed: list[tuple[float, bytes]] = field(default_factory=list)
+    """Heap of (delete at stream time, windows key) of closed windows kept for HTTP."""
+    windows: w.PartitionWindows = field(
+        default_factory=lambda: w.PartitionWindows(
+            SPECS, settings.window_grace_seconds, settings.expedite_threshold
+        )
+    )
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+
+_runtimes: dict[int, PartitionRuntime] = {}
+
+
+def runtime_for(partition: int) -> PartitionRuntime:
+    """The partition's runtime, rebuilt from the (already recovered) tables if needed."""
+    rt = _runtimes.get(partition)
+    if rt is None:
+        rt = _runtimes[partition] = rebuild(partition)
+    return rt
+
+
+def rebuild(partition: int) -> PartitionRuntime:
+    rt = PartitionRuntime(partition)
+    prefix = partition_prefix(partition)
+    raw_meta = partition_state.data.get(b"p%d" % partition)
+    meta = orjson.loads(raw_meta) if raw_meta else {}
+    rt.stream_time = meta.get("stream_time")
+    rt.counters.update(meta.get("counters", {}))
+    for key, value in seen_ids.data.items():
+        if key.startswith(prefix):
+            entry = orjson.loads(value)
+            rt.seen[key] = entry
+            rt.expiry.append((entry[0], key))
+    heapq.heapify(rt.expiry)
+    open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
+    expedited: list[w.WindowKey] = []
+    for key, value in windows.data.items():
+        if not key.startswith(prefix):
+            continue
+        doc = orjson.loads(value)
+        wkey = w.parse_window_key(key[len(prefix) :].decode())
+        if doc.get("closed"):
+            rt.closed.append((doc["window_end"] + settings.closed_window_retention_seconds, key))
+            continue
+        open_aggs.append((wkey, w.agg_from_json(doc)))
+        if doc.get("expedited"):
+            expedited.append(wkey)
+    heapq.heapify(rt.closed)
+    rt.windows.restore(open_aggs, meta.get("order_stream_time"), expedited)
+    return rt
+
+
+def forget_partitions(partitions: set[int]) -> None:
+    for p in partitions:
+        _runtimes.pop(p, None)
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    # Another worker may process these partitions next; our in-memory view would be stale
+    # if they come back, so drop it and rebuild from the tables on the next batch.
+    forget_partitions({tp.partition for tp in revoked})
+
+
+def sku_key(sku: str) -> bytes:
+    return sku.encode()
+
+
+def load_sku(sku: str) -> tuple[SkuState, dict[str, Any] | None]:
+    raw = sku_state.data.get(sku_key(sku))
+    if raw is None:
+        return INITIAL, None
+    doc = orjson.loads(raw)
+    return SkuState.from_dict(doc), doc.get("as_of")
+
+
+def supplier_order_doc(so: SupplierOrder) -> dict[str, Any]:
+    return {
+        "supplier_order_id": so.supplier_order_id,
+        "sku": so.sku,
+        "quantity": so.quantity,
+        "delivered": so.delivered,
+        "status": so.status,
+        "created_at": format_ts(so.created_ts),
+        "ts": format_ts(so.ts),
+    }
+
+
+class BatchProcessor:
+    """Applies one envelope of events for one partition, staging everything in a Batch."""
+
+    def __init__(self, rt: PartitionRuntime, batch: Batch):
+        self.rt = rt
+        self.batch = batch
+        self.src_topic = ""
+        self.src_partition = 0
+        self.partition = rt.partition
+        self.states: dict[str, tuple[SkuState, dict[str, Any] | None]] = {}
+        self.dirty: set[str] = set()
+        self.windows_dirty: set[w.WindowKey] = set()
+        self.t_order_status = topics.order_status.get_topic_name()
+        self.t_levels = topics.stock_levels.get_topic_name()
+        self.t_supplier = topics.supplier_orders.get_topic_name()
+        self.t_expedites = topics.expedites.get_topic_name()
+        self.t_results = topics.window_results.get_topic_name()
+
+    # -- helpers ---------------------------------------------------------------
+    def state(self, sku: str) -> SkuState:
+        entry = self.states.get(sku)
+        if entry is None:
+            entry = self.states[sku] = load_sku(sku)
+        return entry[0]
+
+    def set_state(self, sku: str, state: SkuState, offset: int) -> None:
+        as_of = {
+            "ts": format_ts(state.updated_ts),
+            "topic": self.src_topic,
+            "partition": self.src_partition,
+            "offset": offset,
+        }
+        self.states[sku] = (state, as_of)
+        self.dirty.add(sku)
+
+    def is_new(self, kind: str, sku: str, event_id: str, ts: float, offset: int) -> bool:
+        """Remember the id; False for a duplicate (counted) or a replay (skipped)."""
+        rt = self.rt
+        key = b"%s%s/%s\x1f%s" % (
+            partition_prefix(self.partition),
+            kind.encode(),
+            sku.encode(),
+            event_id.encode(),
+        )
+        seen = rt.seen.get(key)
+        if seen is not None:
+            if seen[1:] == [self.src_topic, self.src_partition, offset]:
+                rt.counters["replayed"] += 1
+            else:
+                rt.counters["duplicates"] += 1
+            return False
+        entry = [ts, self.src_topic, self.src_partition, offset]
+        rt.seen[key] = entry
+        heapq.heappush(rt.expiry, (ts, key))
+        self.batch.put(seen_ids, key, orjson.dumps(entry))
+        return True
+
+    def advance(self, ts: float) -> None:
+        if self.rt.stream_time is None or ts > self.rt.stream_time:
+            self.rt.stream_time = ts
+
+    def emit_supplier_orders(self, changes: list[SupplierOrder]) -> None:
+        for so in changes:
+            doc = orjson.dumps(supplier_order_doc(so))
+            self.batch.emit(self.t_supplier, sku_key(so.sku), doc)
+            self.batch.put(supplier_orders, so.supplier_order_id.encode(), doc)
+
+    def emit_level(self, sku: str, state: SkuState) -> None:
+        doc = {"sku": sku, "level": state.level, "ts": format_ts(state.updated_ts)}
+        self.batch.emit(self.t_levels, sku_key(sku), orjson.dumps(doc))
+
+    # -- events ----------------------------------------------------------------
+    def order(self, row: list[Any]) -> None:
+        _, offset, order_id, customer_id, sku, quantity, price, ts = row
+        self.advance(ts)
+        if not self.is_new("o", sku, order_id, ts, offset):
+            return
+        self.rt.counters["orders"] += 1
+        order = Order(order_id, customer_id, sku, quantity, Decimal(price), ts)
+        state, status, changes = apply_order(
+            self.state(sku),
+            order,
+            reorder_point=settings.reorder_point,
+            reorder_target=settings.reorder_target,
+        )
+        self.set_state(sku, state, offset)
+        record = {
+            "order_id": order_id,
+            "sku": sku,
+            "customer_id": customer_id,
+            "quantity": quantity,
+            "status": status.status,
+            "backordered_units": status.backordered_units,
+            "level_before": status.level_before,
+            "level_after": status.level_after,
+            "ts": format_ts(ts),
+            "as_of": {"topic": self.src_topic, "partition": self.src_partition, "offset": offset},
+        }
+        doc = orjson.dumps(record)
+        self.batch.emit(self.t_order_status, order_id.encode(), doc)
+        self.batch.put(order_status, order_id.encode(), doc)
+        self.emit_level(sku, state)
+        self.emit_supplier_orders(changes)
+        self.order_windows(sku, ts, quantity, order.unit_price, state)
+
+    def stock(self, row: list[Any]) -> None:
+        _, offset, event_id, sku, reason, quantity, supplier_id, ts = row
+        self.advance(ts)
+        if not self.is_new("s", sku, event_id, ts, offset):
+            return
+        self.rt.counters["stock_moves"] += 1
+        move = StockMove(event_id, sku, reason, quantity, supplier_id, ts)
+        state, changes = apply_stock(
+            self.state(sku),
+            move,
+            reorder_point=settings.reorder_point,
+            reorder_target=settings.reorder_target,
+        )
+        self.set_state(sku, state, offset)
+        self.emit_level(sku, state)
+        self.emit_supplier_orders(changes)
+
+    def order_windows(
+        self, sku: str, ts: float, quantity: int, price: Decimal, state: SkuState
+    ) -> None:
+        result = self.rt.windows.apply_order(sku, ts, quantity, price)
+        if result.late:
+            self.rt.counters["late_orders"] += 1
+        self.windows_dirty.update(result.changed)
+        open_so = state.open_order.supplier_order_id if state.open_order else None
+        for ex in result.expedites:
+            doc = {
+                "sku": ex.sku,
+                "window_start": format_ts(ex.window_start),
+                "window_end": format_ts(ex.window_end),
+                "orders": ex.orders,
+                "supplier_order_id": open_so,
+                "threshold": settings.expedite_threshold,
+            }
+            self.batch.emit(self.t_expedites, sku_key(sku), orjson.dumps(doc))
+
+    # -- end of batch ----------------------------------------------------------
+    def finish(self) -> None:
+        rt = self.rt
+        prefix = partition_prefix(self.partition)
+        pw = rt.windows
+        for cw in pw.close_due():
+            doc = {
+                "sku": cw.sku,
+                "kind": cw.kind,
+                "window_start": format_ts(cw.window_start),
+                "window_end": format_ts(cw.window_end),
+                "orders": cw.agg.orders,
+                "units": cw.agg.units,
+                "revenue": w.revenue_out(cw.agg.revenue),
+            }
+            self.batch.emit(self.t_results, sku_key(cw.sku), orjson.dumps(doc))
+            key = prefix + w.window_key_str(cw.key).encode()
+            stored = {
+                **w.agg_to_json(cw.agg),
+                "closed": True,
+                "window_end": cw.window_end,
+            }
+            self.batch.put(windows, key, orjson.dumps(stored))
+            self.windows_dirty.discard(cw.key)
+            heapq.heappush(
+                rt.closed, (cw.window_end + settings.closed_window_retention_seconds, key)
+            )
+        for wkey in self.windows_dirty:
+            agg = pw.get(wkey)
+            if agg is None:  # pragma: no cover - closed above in the same batch
+                continue
+            stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
+            self.batch.put(windows, prefix + w.window_key_str(wkey).encode(), orjson.dumps(stored))
+        order_time = pw.stream_time
+        stream_time = rt.stream_time
+        if stream_time is not None:
+            # Closed windows leave the table once stream time passes their retention.
+            closed_time = order_time if order_time is not None else stream_time
+            while rt.closed and rt.closed[0][0] <= closed_time:
+                _, key = heapq.heappop(rt.closed)
+                self.batch.put(windows, key, None)
+            horizon = stream_time - settings.dedupe_seconds
+            while rt.expiry and rt.expiry[0][0] < horizon:
+                _, key = heapq.heappop(rt.expiry)
+                if rt.seen.pop(key, None) is not None:
+                    self.batch.put(seen_ids, key, None)
+        for sku in self.dirty:
+            state, as_of = self.states[sku]
+            doc = state.to_dict()
+            doc["as_of"] = as_of
+            self.batch.put(sku_state, sku_key(sku), orjson.dumps(doc))
+        meta = {
+            "stream_time": stream_time,
+            "order_stream_time": order_time,
+            "counters": rt.counters,
+        }
+        self.batch.put(partition_state, b"p%d" % self.partition, orjson.dumps(meta))
+
+
+def process_envelope(rt: PartitionRuntime, batch: Batch, value: bytes) -> None:
+    """Apply one envelope (see agents/ingest.py) to the partition, staging into batch."""
+    proc = BatchProcessor(rt, batch)
+    orders_topic, stock_topic = topics.orders.get_topic_name(), topics.stock.get_topic_name()
+    for row in orjson.loads(value):
+        proc.src_partition = row.pop()
+        if row[0] == "o":
+            proc.src_topic = orders_topic
+            proc.order(row)
+        else:
+            proc.src_topic = stock_topic
+            proc.stock(row)
+    proc.finish()
+
+
+@app.agent(topics.events_by_sku, name="tracker")
+async def tracker(stream: AsyncIterable[Any]) -> None:
+    """events-by-sku -> tables + order-status, stock-levels, supplier-orders, expedites,
+    window-results."""
+    async for event in stream.events():  # type: ignore[attr-defined]
+        message = event.message
+        rt = runtime_for(message.partition)
+        batch = Batch(table_partition=message.partition)
+        batch.consumed(message.tp, message.offset)
+        try:
+            process_envelope(rt, batch, message.value)
+        except Exception:
+            # Our own envelopes are valid by construction; if one is not, drop the
+            # in-memory state (it may be half-applied) and stop rather than guess.
+            forget_partitions({message.partition})
+            raise
+        await commit(batch, source=message.tp)

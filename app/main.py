@@ -1,0 +1,77 @@
+"""Builds the Faust app from the settings and registers tables, agents, views and commands.
+
+This module only builds; agents (``agents/``) process, tables (``tables/``) store, the
+pure rules (``app/rules/``) decide.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import faust
+
+from app.settings import Settings, SettingsError
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or one line on stderr and exit code 2."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"stock-tracker: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class StockTrackerApp(faust.App):  # type: ignore[misc]
+    """The Faust app, plus the start-up steps the contract needs before consuming."""
+
+    async def on_first_start(self) -> None:
+        from app.admin import ensure_topics, wipe_local_tables
+        from app.topics import ALL
+
+        await super().on_first_start()
+        if self.conf.processing_guarantee.value == "exactly_once":
+            wipe_local_tables(Path(self.conf.tabledir))
+        await ensure_topics(
+            settings.broker_host_ports,
+            [(t.get_topic_name(), dict(t.config or {})) for t in ALL],
+            settings.topic_partitions,
+        )
+
+
+settings = load_settings()
+
+app = StockTrackerApp(
+    settings.app_id,
+    broker=settings.broker_url,
+    store=settings.store_url,
+    datadir=str(settings.data_dir),
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    processing_guarantee=settings.processing_guarantee,
+    key_serializer="raw",
+    value_serializer="raw",
+    # Every batch commits its own transaction (app/transaction.py); Faust's timer-driven
+    # commit would otherwise commit older offsets over newer ones.
+    broker_commit_every=1 << 40,
+    broker_commit_interval=1e9,
+    stream_wait_empty=False,
+    consumer_auto_offset_reset="earliest",
+    table_cleanup_interval=1e9,
+    web_enabled=True,
+    logging_config=None,
+)
+
+
+def _register() -> None:
+    # Imported for their side effect: each module declares its tables, agents or views
+    # on ``app``. Done after ``app`` exists because they import it.
+    import agents  # noqa: F401
+    import app.web  # noqa: F401
+    import tables  # noqa: F401
+
+
+_register()

@@ -1,0 +1,51 @@
+"""Every topic the app reads or writes, declared once with its partition count and config.
+
+All topics are created with ``TOPIC_PARTITIONS`` partitions so that the SKU-keyed
+internal topic, the tables' changelogs and the outputs are co-partitioned: whatever a
+worker writes while processing partition ``p`` lands in partition ``p``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.main import app, settings
+
+
+def _topic(name: str, **config: Any) -> Any:
+    return app.topic(
+        settings.topic_prefix + name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+        # internal=True makes Faust create the topic at start when it is missing.
+        internal=True,
+        **config,
+    )
+
+
+# Inputs, written by any producer.
+orders = _topic("orders")
+stock = _topic("stock")
+
+# Internal: valid orders and stock moves, batched per SKU partition (see agents/ingest.py).
+events_by_sku = app.topic(
+    f"{settings.app_id}-events-by-sku",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.topic_partitions,
+    internal=True,
+)
+
+# Outputs.
+order_status = _topic("order-status")
+stock_levels = _topic("stock-levels", config={"cleanup.policy": "compact"})
+supplier_orders = _topic("supplier-orders")
+expedites = _topic("expedites")
+window_results = _topic("window-results")
+dead_letters = _topic("dead-letters")
+
+OUTPUTS = (order_status, stock_levels, supplier_orders, expedites, window_results, dead_letters)
+ALL = (orders, stock, events_by_sku, *OUTPUTS)

@@ -1,0 +1,125 @@
+"""One batch, one Kafka transaction: outputs, table changes and consumer offsets together.
+
+Faust's exactly-once mode routes each produced message to the transactional producer of
+its *destination* partition and commits on a timer, so a batch's outputs and its input
+offsets can land in different transactions (and a timer commit can land mid-batch).
+Here a batch is staged in memory and then written under the lock of the transactional
+producer that owns its *source* partition: every output, every changelog record and the
+next input offsets, then ``commit_transaction``. A crash at any point leaves either all
+of the batch or none of it; read_committed readers (including table recovery) never see
+half a batch.
+
+In ``at_least_once`` mode the same batch is produced with the plain producer and Faust
+commits offsets as usual; the rules' duplicate memory then absorbs replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+from faust.types import TP
+
+from app.main import app
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one batch writes. Nothing reaches Kafka or a table before :meth:`commit`."""
+
+    sources: dict[TP, int] = field(default_factory=dict)
+    """Input partition -> offset of the next message to read after this batch."""
+    outputs: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
+    """(topic, key, value, partition) in production order; partition None = by key."""
+    table_writes: dict[tuple[Any, bytes], bytes | None] = field(default_factory=dict)
+    """(table, key) -> value (None deletes); one write per key per batch."""
+    table_partition: int | None = None
+    """Partition of the tables' changelogs this batch writes (its source partition)."""
+
+    def consumed(self, tp: TP, offset: int) -> None:
+        if offset + 1 > self.sources.get(tp, -1):
+            self.sources[tp] = offset + 1
+
+    def emit(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        self.outputs.append((topic, key, value, partition))
+
+    def put(self, table: Any, key: bytes, value: bytes | None) -> None:
+        self.table_writes[(table, key)] = value
+
+
+def transactional_id(tp: TP) -> str:
+    """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""
+    group = app.assignor.group_for_topic(tp.topic)
+    return f"{app.conf.id}-{group}-{tp.partition}"
+
+
+async def commit(batch: Batch, *, source: TP) -> None:
+    """Write ``batch`` atomically with its input offsets, or crash the worker.
+
+    ``source`` picks the transactional producer; every TP in ``batch.sources`` must
+    share its transactional id (same partition number and topic group).
+    """
+    if not batch.sources and not batch.outputs and not batch.table_writes:
+        return
+    try:
+        if app.in_transaction:
+            await _commit_transactional(batch, source)
+        else:
+            await _commit_plain(batch)
+    except Exception as exc:
+        # The local store may already hold this batch while Kafka does not: only a
+        # restart (which rebuilds tables from their changelogs) makes them agree again.
+        app.log.exception("Batch commit failed, stopping the worker: %r", exc)
+        await app.crash(exc)
+        raise
+
+
+def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:
+    """Write each staged table change to its local store; yield its changelog record."""
+    partition = batch.table_partition
+    for (table, key), value in batch.table_writes.items():
+        assert partition is not None, "a batch that writes tables needs table_partition"
+        store = table.data
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+        yield table.changelog_topic.get_topic_name(), key, value, partition
+
+
+async def _commit_transactional(batch: Batch, source: TP) -> None:
+    tid = transactional_id(source)
+    producer = app.producer
+    lock = producer._trn_locks[tid]
+    async with lock:
+        txn = producer._transaction_producers[tid]
+        send = txn.send
+        for topic, key, value, partition in batch.outputs:
+            await send(topic, value, key=key, partition=partition)
+        for topic, key, value, partition in _apply_to_stores(batch):
+            await send(topic, value, key=key, partition=partition)
+        if batch.sources:
+            offsets = {
+                TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
+            }
+            await txn.send_offsets_to_transaction(offsets, app.conf.id)
+        await txn.commit_transaction()
+        await txn.begin_transaction()
+
+
+async def _commit_plain(batch: Batch) -> None:
+    producer = app.producer
+    futures = [
+        await producer.send(topic, key, value, partition, None, None)
+        for topic, key, value, partition in batch.outputs
+    ]
+    futures += [
+        await producer.send(topic, key, value, partition, None, None)
+        for topic, key, value, partition in _apply_to_stores(batch)
+    ]
+    for fut in futures:
+        await fut

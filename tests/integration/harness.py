@@ -1,0 +1,230 @@
+"""Test harness for the real thing: a Kafka broker, worker processes, producers, readers.
+
+Nothing here is mocked: the broker is Apache Kafka started by ``scripts/kafka``, the
+worker is ``faust -A app worker`` in a subprocess, and results are read back from
+Kafka (read_committed) and over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Worker:
+    """One ``faust -A app worker`` process with its own app id, topics and port."""
+
+    bootstrap: str
+    workdir: Path
+    env_extra: Mapping[str, str] = field(default_factory=dict)
+    app_id: str = field(default_factory=lambda: unique("t"))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    starts: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.app_id}."
+
+    def topic(self, name: str) -> str:
+        """The real name of a contract topic for this worker."""
+        return self.prefix + name
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "BROKER_URL": f"kafka://{self.bootstrap}",
+                "APP_ID": self.app_id,
+                "TOPIC_PREFIX": self.prefix,
+                "WEB_PORT": str(self.port),
+                "WEB_HOST": "127.0.0.1",
+                "DATA_DIR": str(self.workdir / "data"),
+                "TOPIC_PARTITIONS": "4",
+                "PYTHONPATH": str(REPO),
+            }
+        )
+        env.update(self.env_extra)
+        return env
+
+    def start(self, wait: bool = True, timeout_s: float = 90.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.log_path = self.workdir / f"worker-{self.starts}.log"
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+                cwd=self.workdir,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            status, _ = self.get("/health")
+            if status == 200:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no final commit, exactly like a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET ``path``: (status, parsed JSON body); status 0 when nothing answers."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            body = e.read()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body.decode(errors="replace")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, None
+
+    def wait_for(self, path: str, predicate: Any, timeout_s: float = 60.0) -> Any:
+        """Poll ``path`` until ``predicate(body)`` holds; return the body."""
+        deadline = time.monotonic() + timeout_s
+        body: Any = None
+        while time.monotonic() < deadline:
+            status, body = self.get(path)
+            if status == 200 and predicate(body):
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting on {path}; last answer: {body}\n{self.tail()}")
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes | Mapping[str, Any]],
+    key: Any = None,
+) -> int:
+    """Write values to ``topic`` with a plain aiokafka producer; ``key`` may be a callable."""
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        n = 0
+        try:
+            batch = []
+            for v in values:
+                raw = v if isinstance(v, bytes) else orjson.dumps(v)
+                k = key(v) if callable(key) else key
+                kb = k.encode() if isinstance(k, str) else k
+                batch.append(await producer.send(topic, raw, key=kb))
+                n += 1
+                if len(batch) >= 5000:
+                    await asyncio.gather(*batch)
+                    batch.clear()
+            await asyncio.gather(*batch)
+        finally:
+            await producer.stop()
+        return n
+
+    return asyncio.run(run())
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, idle_s: float = 3.0, min_count: int = 0, timeout_s: float = 90.0
+) -> list[tuple[bytes | None, Any]]:
+    """Every committed message of ``topic`` (read_committed), as (key, parsed value).
+
+    Reads until ``min_count`` messages arrived and then nothing new for ``idle_s``.
+    """
+
+    async def run() -> list[tuple[bytes | None, Any]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        out: list[tuple[bytes | None, Any]] = []
+        try:
+            deadline = time.monotonic() + timeout_s
+            parts = None
+            while parts is None and time.monotonic() < deadline:
+                parts = consumer.partitions_for_topic(topic)
+                if parts is None:
+                    await consumer._client.force_metadata_update()
+                    await asyncio.sleep(0.2)
+            if not parts:
+                return out
+            consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+            last = time.monotonic()
+            while time.monotonic() < deadline:
+                got = await consumer.getmany(timeout_ms=200)
+                if got:
+                    last = time.monotonic()
+                    for records in got.values():
+                        out.extend((r.key, orjson.loads(r.value)) for r in records)
+                elif len(out) >= min_count and time.monotonic() - last > idle_s:
+                    break
+        finally:
+            await consumer.stop()
+        return out
+
+    return asyncio.run(run())

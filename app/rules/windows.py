@@ -1,0 +1,661 @@
+"""Event-time windows for the window tracker, as pure functions (no Faust, no Kafka).
+
+Faust's windowed tables expire on the wall clock, so windowing is done here on
+*stream time*: the largest order ``ts`` seen in a partition of the SKU-keyed
+stream. The agent keeps one :class:`PartitionWindows` per partition, feeds it
+every valid non-duplicate order with :meth:`PartitionWindows.apply_order`, then
+calls :meth:`PartitionWindows.close_due` and emits what it returns.
+
+Semantics (see the contract, "Semantics"):
+
+* windows are epoch aligned, ``[start, end)``; a ``ts`` exactly on an edge
+  belongs to the window starting there;
+* a window closes when stream time ``>= end + grace_s``;
+* an order is *late* for each of its windows that was already closed under the
+  stream time **before** the order (an order that advances stream time is
+  therefore never late for its own windows, since ``ts < end + grace_s``); it
+  changes none of those, but still counts in its open windows;
+* lateness depends only on stream time, never on whether ``close_due`` has run
+  yet, so calling ``close_due`` after every order or once per batch gives the
+  same closed windows, in the same order, and the same late counts;
+* the first time a hopping window of a SKU holds more than
+  ``expedite_threshold`` orders, one :class:`Expedite` is returned for it.
+
+Revenue is kept as an exact :class:`~decimal.Decimal` (no rounding at all
+while aggregating) and only rounded half-even to cents on output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from decimal import (
+    MAX_EMAX,
+    MAX_PREC,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
+from heapq import heapify, heappop, heappush
+from math import floor
+from typing import Final, Literal, NamedTuple
+
+__all__ = [
+    "EMPTY",
+    "KINDS",
+    "ClosedWindow",
+    "Expedite",
+    "OrderWindowsResult",
+    "PartitionWindows",
+    "WindowAgg",
+    "WindowKey",
+    "WindowKind",
+    "WindowSpec",
+    "add",
+    "agg_from_json",
+    "agg_to_json",
+    "assign",
+    "closes_at",
+    "hopping",
+    "is_closed",
+    "parse_window_key",
+    "revenue_cents",
+    "revenue_out",
+    "revenue_str",
+    "tumbling",
+    "window_key_str",
+    "window_starts",
+]
+
+WindowKind = Literal["tumbling", "hopping"]
+KINDS: Final[tuple[WindowKind, ...]] = ("tumbling", "hopping")
+
+#: (sku, kind, window_start): the key of one window of one SKU.
+WindowKey = tuple[str, WindowKind, int]
+
+# Exact arithmetic: with MAX_PREC, additions and multiplications never round
+# (the precision is only an upper bound, results use the digits they need).
+# Inexact is trapped so that a rounding can never go unnoticed.
+_EXACT: Final = Context(
+    prec=MAX_PREC,
+    Emax=MAX_EMAX,
+    Emin=MIN_EMIN,
+    traps=[InvalidOperation, DivisionByZero, Overflow, Inexact],
+)
+# Same range, but rounding allowed: used only to quantize to cents.
+_ROUNDING: Final = Context(
+    prec=MAX_PREC,
+    Emax=MAX_EMAX,
+    Emin=MIN_EMIN,
+    rounding=ROUND_HALF_EVEN,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_exact_add: Final = _EXACT.add
+_exact_mul: Final = _EXACT.multiply
+_tuple_new: Final = tuple.__new__  # NamedTuple(...) goes through a slow Python __new__
+_CENT: Final = Decimal("0.01")
+_ZERO: Final = Decimal(0)
+
+
+# --------------------------------------------------------------------------- specs
+
+
+class WindowSpec(NamedTuple):
+    """One window definition. Build it with :func:`tumbling` or :func:`hopping`."""
+
+    kind: WindowKind
+    size_s: int
+    step_s: int  # == size_s for tumbling windows
+
+    @property
+    def windows_per_ts(self) -> int:
+        """How many windows cover any ts: 1 for tumbling, size/step for hopping."""
+        return self.size_s // self.step_s
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer number of seconds, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def tumbling(size_s: int) -> WindowSpec:
+    """Tumbling windows of ``size_s`` seconds: ``start = floor(ts / size) * size``."""
+    size = _check_positive_int("size_s", size_s)
+    return WindowSpec("tumbling", size, size)
+
+
+def hopping(size_s: int, step_s: int) -> WindowSpec:
+    """Hopping windows of ``size_s`` seconds starting every ``step_s`` seconds.
+
+    ``size_s`` must be a multiple of ``step_s``: then every ts is covered by
+    exactly ``size_s / step_s`` windows (the starts ``k * step`` in
+    ``(ts - size, ts]``), so every order counts in the same number of windows
+    and window ends fall on step boundaries too. With a size that is not a
+    multiple of the step, the number of windows covering a ts would depend on
+    where the ts falls within the step (e.g. size 90, step 60 gives 1 or 2).
+    """
+    size = _check_positive_int("size_s", size_s)
+    step = _check_positive_int("step_s", step_s)
+    if step > size:
+        raise ValueError(f"step_s ({step}) must be <= size_s ({size})")
+    if size % step:
+        raise ValueError(f"size_s ({size}) must be a multiple of step_s ({step})")
+    return WindowSpec("hopping", size, step)
+
+
+def _validate_spec(spec: WindowSpec) -> WindowSpec:
+    """Re-validate a spec that may have been built by hand (``WindowSpec(...)``)."""
+    if spec.kind == "tumbling":
+        built = tumbling(spec.size_s)
+        if spec.step_s != built.step_s:
+            raise ValueError(f"tumbling windows need step_s == size_s, got {spec!r}")
+        return built
+    if spec.kind == "hopping":
+        return hopping(spec.size_s, spec.step_s)
+    raise ValueError(f"unknown window kind {spec.kind!r}")
+
+
+# ---------------------------------------------------------------------- assignment
+
+
+def window_starts(spec: WindowSpec, ts: float) -> list[int]:
+    """Epoch-aligned starts of every window of ``spec`` covering ``ts``, ascending.
+
+    Integer math only: for an integer boundary ``b``, ``b <= ts`` iff
+    ``b <= floor(ts)`` and ``ts < b`` iff ``floor(ts) < b``, so working on
+    ``floor(ts)`` is exact for any finite float (no ``ts / size`` rounding).
+    """
+    t = math.floor(ts)
+    step = spec.step_s
+    last = t - t % step  # floor(t / step) * step, also for negative t
+    return list(range(last - spec.size_s + step, last + step, step))
+
+
+def closes_at(spec: WindowSpec, start: int, grace_s: int) -> int:
+    """Stream time at which the window ``[start, start + size)`` closes."""
+    return start + spec.size_s + grace_s
+
+
+def is_closed(spec: WindowSpec, start: int, stream_time: float | None, grace_s: int) -> bool:
+    """Whether the window starting at ``start`` is closed at ``stream_time``."""
+    return stream_time is not None and stream_time >= start + spec.size_s + grace_s
+
+
+def assign(
+    spec: WindowSpec, ts: float, stream_time_before: float | None, grace_s: int
+) -> tuple[list[int], list[int]]:
+    """Split the windows of an order into (open starts it counts in, late starts).
+
+    ``stream_time_before`` is the partition's stream time *before* this order
+    (None if no order was seen yet). A window is late iff it was already closed
+    then; the order's own ts cannot close any of its windows.
+    """
+    open_starts: list[int] = []
+    late_starts: list[int] = []
+    for start in window_starts(spec, ts):
+        if is_closed(spec, start, stream_time_before, grace_s):
+            late_starts.append(start)
+        else:
+            open_starts.append(start)
+    return open_starts, late_starts
+
+
+# ---------------------------------------------------------------------- aggregates
+
+
+class WindowAgg(NamedTuple):
+    """Aggregate of one SKU in one window. ``revenue`` is exact (never rounded)."""
+
+    orders: int
+    units: int
+    revenue: Decimal
+
+
+EMPTY: Final = WindowAgg(0, 0, _ZERO)
+
+
+def add(agg: WindowAgg, quantity: int, unit_price: Decimal) -> WindowAgg:
+    """``agg`` plus one order of ``quantity`` units at ``unit_price`` (exact)."""
+    return WindowAgg(
+        agg.orders + 1,
+        agg.units + quantity,
+        _EXACT.add(agg.revenue, _EXACT.multiply(unit_price, quantity)),
+    )
+
+
+def agg_to_json(agg: WindowAgg) -> dict[str, int | str]:
+    """JSON-ready dict; revenue as a string so it stays exact through the table."""
+    return {"orders": agg.orders, "units": agg.units, "revenue": str(agg.revenue)}
+
+
+def _json_count(d: Mapping[str, object], name: str) -> int:
+    value = d.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"window aggregate: {name!r} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def agg_from_json(d: Mapping[str, object]) -> WindowAgg:
+    """Inverse of :func:`agg_to_json`; raises ValueError on anything malformed."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"window aggregate must be an object, got {type(d).__name__}")
+    raw = d.get("revenue")
+    if not isinstance(raw, str):
+        raise ValueError(f"window aggregate: 'revenue' must be a string, got {raw!r}")
+    try:
+        revenue = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"window aggregate: bad revenue {raw!r}") from None
+    if not revenue.is_finite():
+        raise ValueError(f"window aggregate: bad revenue {raw!r}")
+    return WindowAgg(_json_count(d, "orders"), _json_count(d, "units"), revenue)
+
+
+def _quantize_cents(rev: Decimal) -> Decimal:
+    return rev.quantize(_CENT, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
+
+
+def revenue_cents(rev: Decimal) -> str:
+    """Revenue rounded half-even to cents, as plain text: "10.00", "0.12"."""
+    return format(_quantize_cents(rev), "f")
+
+
+#: Alias of :func:`revenue_cents`, for the call site that emits a JSON string.
+revenue_str = revenue_cents
+
+
+def revenue_out(rev: Decimal) -> float:
+    """Revenue rounded half-even to cents, as a float for a JSON number.
+
+    The float is the nearest double to the rounded value, so a shortest-repr
+    serializer (orjson, ``json``, ``repr``) writes exactly the rounded value
+    (``0.12``; ``10.0`` for 10.00) as long as it has at most 15 significant
+    digits, i.e. revenue below 10**13. Above that, use :func:`revenue_str`.
+    """
+    return float(_quantize_cents(rev))
+
+
+# -------------------------------------------------------------------- table keys
+
+
+def window_key_str(key: WindowKey) -> str:
+    """Table key text ``kind|start|sku``, with the start zero-padded to 12 digits.
+
+    The SKU comes last so it may contain anything (also '|'); the padding makes
+    keys of one kind sort by start for the non-negative starts of real data.
+    """
+    sku, kind, start = key
+    return f"{kind}|{start:012d}|{sku}"
+
+
+def parse_window_key(s: str) -> WindowKey:
+    """Inverse of :func:`window_key_str`; raises ValueError if not canonical."""
+    parts = s.split("|", 2)
+    if len(parts) != 3:
+        raise ValueError(f"bad window key {s!r}")
+    kind, start_text, sku = parts
+    if kind not in KINDS:
+        raise ValueError(f"bad window key {s!r}: unknown kind {kind!r}")
+    try:
+        start = int(start_text)
+    except ValueError:
+        raise ValueError(f"bad window key {s!r}: bad start {start_text!r}") from None
+    if f"{start:012d}" != start_text:
+        raise ValueError(f"bad window key {s!r}: start {start_text!r} is not canonical")
+    return (sku, kind, start)
+
+
+# ---------------------------------------------------------------------- partition
+
+
+class Expedite(NamedTuple):
+    """A hopping window of a SKU went over the threshold (the agent adds the
+    supplier order id)."""
+
+    sku: str
+    window_start: int
+    window_end: int
+    orders: int
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.sku, "hopping", self.window_start)
+
+
+class OrderWindowsResult(NamedTuple):
+    """What one order did to the windows of its partition."""
+
+    late: int  # windows of this order already closed (it was excluded from them)
+    expedites: list[Expedite]
+    changed: list[WindowKey]  # windows whose aggregate changed (write them back)
+
+    @property
+    def is_late(self) -> bool:
+        return self.late > 0
+
+
+class ClosedWindow(NamedTuple):
+    """The final result of a window, returned exactly once by ``close_due``."""
+
+    sku: str
+    kind: WindowKind
+    window_start: int
+    window_end: int
+    agg: WindowAgg
+
+    @property
+    def key(self) -> WindowKey:
+        return (self.sku, self.kind, self.window_start)
+
+
+def _closed_order(c: ClosedWindow) -> tuple[int, str, str, int]:
+    return (c.window_end, c.kind, c.sku, c.window_start)
+
+
+_NO_TIME: Final = -math.inf  # internal stream time before the first order
+
+
+class _Acc:
+    """Mutable running aggregate of one open window (internal: updating it in
+    place is about twice as fast as building a new WindowAgg per order)."""
+
+    __slots__ = ("orders", "revenue", "units")
+
+    def __init__(self, orders: int, units: int, revenue: Decimal) -> None:
+        self.orders = orders
+        self.units = units
+        self.revenue = revenue
+
+    def freeze(self) -> WindowAgg:
+        return _tuple_new(WindowAgg, (self.orders, self.units, self.revenue))
+
+
+class PartitionWindows:
+    """Open window aggregates and stream time of one partition (pure, in memory).
+
+    State: the stream time, the aggregates of the open windows keyed by
+    ``(sku, kind, start)``, a min-heap of ``(close_at, sku, kind, start)`` to
+    find due windows in O(log n), and the keys of hopping windows already
+    expedited. Closed windows leave all of them, so memory is bounded by the
+    windows that can still receive orders.
+
+    Not thread-safe; one instance per partition, used by one agent.
+    """
+
+    __slots__ = (
+        "_accs",
+        "_by_kind",
+        "_expedited",
+        "_grace",
+        "_heap",
+        "_max_start",
+        "_plan",
+        "_scan_only",
+        "_specs",
+        "_stream_time",
+        "_threshold",
+    )
+
+    def __init__(self, specs: Sequence[WindowSpec], grace_s: int, expedite_threshold: int) -> None:
+        checked = tuple(_validate_spec(s) for s in specs)
+        kinds = [s.kind for s in checked]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"at most one window spec per kind, got {kinds}")
+        if isinstance(grace_s, bool) or not isinstance(grace_s, int) or grace_s < 0:
+            raise ValueError(f"grace_s must be an integer >= 0, got {grace_s!r}")
+        if (
+            isinstance(expedite_threshold, bool)
+            or not isinstance(expedite_threshold, int)
+            or expedite_threshold < 0
+        ):
+            raise ValueError(
+                f"expedite_threshold must be an integer >= 0, got {expedite_threshold!r}"
+            )
+        self._specs = checked
+        self._by_kind: dict[str, WindowSpec] = {s.kind: s for s in checked}
+        self._grace = grace_s
+        self._threshold = expedite_threshold
+        # Per spec: kind, size, step, first-start offset, close offset, is hopping.
+        self._plan: tuple[tuple[WindowKind, int, int, int, int, bool], ...] = tuple(
+            (
+                s.kind,
+                s.size_s,
+                s.step_s,
+                s.step_s - s.size_s,
+                s.size_s + grace_s,
+                s.kind == "hopping",
+            )
+            for s in checked
+        )
+        self._stream_time: float = _NO_TIME
+        self._accs: dict[WindowKey, _Acc] = {}
+        self._heap: list[tuple[int, str, WindowKind, int]] = []
+        self._expedited: set[WindowKey] = set()
+        # Upper bound of open starts not implied by stream time (after restore).
+        self._max_start: float = _NO_TIME
+        # Set by restore() if a start is not aligned to its spec (settings changed).
+        self._scan_only = False
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def specs(self) -> tuple[WindowSpec, ...]:
+        return self._specs
+
+    @property
+    def grace_s(self) -> int:
+        return self._grace
+
+    @property
+    def expedite_threshold(self) -> int:
+        return self._threshold
+
+    @property
+    def stream_time(self) -> float | None:
+        """Largest order ts applied so far (None before the first order)."""
+        st = self._stream_time
+        return None if st == _NO_TIME else st
+
+    @property
+    def expedited(self) -> Set[WindowKey]:
+        """Live read-only view of the expedited keys of windows not yet closed."""
+        return self._expedited
+
+    def get(self, key: WindowKey) -> WindowAgg | None:
+        """Current aggregate of an open window (None if not open / never seen)."""
+        acc = self._accs.get(key)
+        return None if acc is None else acc.freeze()
+
+    def items(self) -> Iterator[tuple[WindowKey, WindowAgg]]:
+        """Every open window and its aggregate, in no particular order."""
+        for key, acc in self._accs.items():
+            yield key, acc.freeze()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._accs
+
+    def __len__(self) -> int:
+        """Number of open windows held."""
+        return len(self._accs)
+
+    def spec(self, kind: WindowKind) -> WindowSpec | None:
+        return self._by_kind.get(kind)
+
+    def is_closed(self, key: WindowKey) -> bool:
+        """Whether the window ``key`` is closed by stream time (due or emitted)."""
+        spec = self._by_kind.get(key[1])
+        if spec is None:
+            raise ValueError(f"no window spec of kind {key[1]!r}")
+        return self._stream_time >= key[2] + spec.size_s + self._grace
+
+    # --------------------------------------------------------------- hot path
+
+    def apply_order(
+        self, sku: str, ts: float, quantity: int, unit_price: Decimal
+    ) -> OrderWindowsResult:
+        """Count one valid, non-duplicate order in its open windows.
+
+        Lateness is judged against the stream time before the order, whether or
+        not ``close_due`` has run since; the stream time is advanced last. ``ts``
+        must be finite and ``unit_price`` a finite Decimal (the agent validates
+        input before this).
+        """
+        before = self._stream_time
+        t = floor(ts)
+        value = _exact_mul(unit_price, quantity)
+        accs = self._accs
+        accs_get = accs.get
+        threshold = self._threshold
+        late = 0
+        changed: list[WindowKey] = []
+        expedites: list[Expedite] = []
+        for kind, size, step, first_off, close_off, is_hopping in self._plan:
+            last = t - t % step
+            for start in range(last + first_off, last + step, step):
+                close_at = start + close_off
+                if before >= close_at:
+                    late += 1
+                    continue
+                key = (sku, kind, start)
+                acc = accs_get(key)
+                if acc is None:
+                    acc = accs[key] = _Acc(1, quantity, value)
+                    heappush(self._heap, (close_at, sku, kind, start))
+                else:
+                    acc.orders += 1
+                    acc.units += quantity
+                    acc.revenue = _exact_add(acc.revenue, value)
+                changed.append(key)
+                if is_hopping and acc.orders > threshold and key not in self._expedited:
+                    self._expedited.add(key)
+                    expedites.append(Expedite(sku, start, start + size, acc.orders))
+        if ts > before:
+            self._stream_time = ts
+        return _tuple_new(OrderWindowsResult, (late, expedites, changed))
+
+    def advance(self, ts: float) -> None:
+        """Move stream time to ``ts`` if later, without counting an order.
+
+        For the agent only if it decides that something other than a counted
+        order (e.g. a duplicate) moves stream time; ``apply_order`` already
+        advances it.
+        """
+        floor(ts)  # same finiteness check as apply_order
+        if ts > self._stream_time:
+            self._stream_time = ts
+
+    def close_due(self) -> list[ClosedWindow]:
+        """Remove and return every window closed by the current stream time.
+
+        Sorted by (window_end, kind, sku, window_start). Each window is returned
+        once: it leaves the structure, and no order can reach it again (its
+        expedited mark is forgotten too).
+        """
+        heap = self._heap
+        st = self._stream_time
+        if not heap or heap[0][0] > st:
+            return []
+        accs = self._accs
+        expedited = self._expedited
+        grace = self._grace
+        out: list[ClosedWindow] = []
+        while heap and heap[0][0] <= st:
+            close_at, sku, kind, start = heappop(heap)
+            key = (sku, kind, start)
+            expedited.discard(key)
+            acc = accs.pop(key, None)
+            if acc is not None:
+                out.append(ClosedWindow(sku, kind, start, close_at - grace, acc.freeze()))
+        out.sort(key=_closed_order)
+        return out
+
+    # ---------------------------------------------------------------- restore
+
+    def restore(
+        self,
+        aggs: Iterable[tuple[WindowKey, WindowAgg]],
+        stream_time: float | None,
+        expedited: Iterable[WindowKey],
+    ) -> None:
+        """Replace the whole state with one read back from tables after a restart.
+
+        ``aggs`` are the open (not yet emitted) windows; one already due at
+        ``stream_time`` is returned by the next ``close_due``. Expedited keys of
+        windows closed at ``stream_time`` are dropped. Raises ValueError for a
+        key whose kind has no spec here (the state is then left unchanged).
+        """
+        st = _NO_TIME if stream_time is None else stream_time
+        grace = self._grace
+        by_kind = self._by_kind
+
+        def close_at_of(key: WindowKey) -> int:
+            spec = by_kind.get(key[1])
+            if spec is None:
+                raise ValueError(f"restored window key {key!r}: no window spec of that kind")
+            return key[2] + spec.size_s + grace
+
+        accs: dict[WindowKey, _Acc] = {}
+        heap: list[tuple[int, str, WindowKind, int]] = []
+        for key, agg in aggs:
+            if key not in accs:
+                heap.append((close_at_of(key), key[0], key[1], key[2]))
+            accs[key] = _Acc(agg.orders, agg.units, agg.revenue)
+        new_expedited: set[WindowKey] = set()
+        for key in expedited:
+            close_at = close_at_of(key)
+            if st >= close_at or key in new_expedited:
+                continue  # closed: no order can reach it again
+            new_expedited.add(key)
+            if key not in accs:
+                # No aggregate (inconsistent tables): keep a heap entry anyway so
+                # that close_due forgets the key in time.
+                heap.append((close_at, key[0], key[1], key[2]))
+        heapify(heap)
+        self._accs = accs
+        self._heap = heap
+        self._expedited = new_expedited
+        self._stream_time = st
+        self._max_start = max((k[2] for k in accs), default=_NO_TIME)
+        self._scan_only = any(k[2] % by_kind[k[1]].step_s for k in accs)
+
+    # ------------------------------------------------------------------- HTTP
+
+    def windows_for(self, sku: str, kind: WindowKind) -> list[tuple[int, int, WindowAgg]]:
+        """Open windows of one SKU and kind as (start, end, agg), sorted by start.
+
+        Looks up the few candidate starts between the oldest open window and the
+        stream time instead of scanning every open window (it scans only if that
+        range would be larger than the table).
+        """
+        spec = self._by_kind.get(kind)
+        accs = self._accs
+        if spec is None or not accs:
+            return []
+        size, step = spec.size_s, spec.step_s
+        hi_bound = max(self._stream_time, self._max_start)
+        found: list[tuple[int, int, WindowAgg]] = []
+        if hi_bound != _NO_TIME and self._heap and not self._scan_only:
+            # Every open window has a heap entry, so start >= min close_at - size - grace;
+            # an order creates windows with start <= ts <= stream time only.
+            lo = self._heap[0][0] - size - self._grace
+            lo = -(-lo // step) * step
+            hi = floor(hi_bound)
+            if (hi - lo) // step + 1 <= len(accs):
+                for start in range(lo, hi + 1, step):
+                    acc = accs.get((sku, kind, start))
+                    if acc is not None:
+                        found.append((start, start + size, acc.freeze()))
+                return found
+        for (k_sku, k_kind, start), acc in accs.items():
+            if k_sku == sku and k_kind == kind:
+                found.append((start, start + size, acc.freeze()))
+        found.sort(key=lambda w: w[0])
+        return found

@@ -1,5 +1,5 @@
 """The app's agents: thin wiring of topics, tables and the pure rules in ``app.rules``."""
 
-from agents import feeds, ingest, tracker
+from . import feeds, ingest, tracker
 
 __all__ = ["feeds", "ingest", "tracker"]

@@ -15,6 +15,7 @@ from app import topics
 from app.main import app
 from app.transaction import Batch, commit
 from tables import dead_letter_stats
+from tables.base import get
 
 RECENT_DEAD_LETTERS = 20
 
@@ -25,10 +26,11 @@ async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
     async for event in stream.events():  # type: ignore[attr-defined]
         message = event.message
         key = b"p%d" % message.partition
-        raw = dead_letter_stats.data.get(key)
-        doc = orjson.loads(raw) if raw else {"count": 0, "recent": []}
+        raw = get(dead_letter_stats, key, message.partition)
+        doc: dict[str, Any] = orjson.loads(raw) if raw else {"count": 0, "recent": []}
+        recent: list[Any] = doc["recent"]
         doc["count"] += 1
-        doc["recent"] = [orjson.loads(message.value), *doc["recent"]][:RECENT_DEAD_LETTERS]
+        doc["recent"] = [orjson.loads(message.value), *recent][:RECENT_DEAD_LETTERS]
         batch = Batch(table_partition=message.partition)
         batch.consumed(message.tp, message.offset)
         batch.put(dead_letter_stats, key, orjson.dumps(doc))

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.types import TP, EventT
 
 from app import topics
@@ -28,20 +27,6 @@ from app.transaction import Batch, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
-
-_partition_cache: dict[str, int] = {}
-
-
-def sku_partition(sku: str) -> int:
-    """The partition that owns ``sku``: Kafka's default partitioner on the UTF-8 SKU."""
-    try:
-        return _partition_cache[sku]
-    except KeyError:
-        if len(_partition_cache) > 100_000:
-            _partition_cache.clear()
-        p = (murmur2(sku.encode()) & 0x7FFFFFFF) % settings.topic_partitions
-        _partition_cache[sku] = p
-        return p
 
 
 def envelope_row(topic: str, offset: int, raw: bytes | None) -> tuple[str, list[Any]]:
@@ -80,7 +65,7 @@ def dead_letter(message: Any, error: str) -> bytes:
     )
 
 
-def build_batches(events: Sequence[EventT]) -> dict[str, tuple[TP, Batch]]:
+def build_batches(events: Sequence[EventT[Any]]) -> dict[str, tuple[TP, Batch]]:
     """Group a take() of input events into one Batch per transactional producer.
 
     Events keep their arrival order within each envelope, so an order and a stock move
@@ -103,7 +88,7 @@ def build_batches(events: Sequence[EventT]) -> dict[str, tuple[TP, Batch]]:
             batch.emit(dl_topic, None, dead_letter(message, str(exc)))
             continue
         row.append(tp.partition)
-        rows[tid][sku_partition(sku)].append(row)
+        rows[tid][topics.sku_partition(sku)].append(row)
     target = topics.events_by_sku.get_topic_name()
     for tid, by_partition in rows.items():
         batch = by_tid[tid][1]

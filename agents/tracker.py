@@ -31,13 +31,15 @@ from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
 from app.transaction import Batch, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.base import partition_prefix
+from tables.base import get, items
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
     w.hopping(settings.hopping_seconds, settings.hopping_step_seconds),
 )
 COUNTERS = ("orders", "stock_moves", "duplicates", "late_orders", "replayed")
+RECENT = 20
+"""How many recent expedites and window results each partition keeps for the dashboard."""
 
 
 @dataclass(slots=True)
@@ -59,6 +61,8 @@ class PartitionRuntime:
         )
     )
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    recent_expedites: list[dict[str, Any]] = field(default_factory=list)
+    recent_results: list[dict[str, Any]] = field(default_factory=list)
 
 
 _runtimes: dict[int, PartitionRuntime] = {}
@@ -72,26 +76,28 @@ def runtime_for(partition: int) -> PartitionRuntime:
     return rt
 
 
+def partition_state_key(partition: int) -> bytes:
+    return b"p%d" % partition
+
+
 def rebuild(partition: int) -> PartitionRuntime:
     rt = PartitionRuntime(partition)
-    prefix = partition_prefix(partition)
-    raw_meta = partition_state.data.get(b"p%d" % partition)
+    raw_meta = get(partition_state, partition_state_key(partition), partition)
     meta = orjson.loads(raw_meta) if raw_meta else {}
     rt.stream_time = meta.get("stream_time")
     rt.counters.update(meta.get("counters", {}))
-    for key, value in seen_ids.data.items():
-        if key.startswith(prefix):
-            entry = orjson.loads(value)
-            rt.seen[key] = entry
-            rt.expiry.append((entry[0], key))
+    rt.recent_expedites = meta.get("recent_expedites", [])
+    rt.recent_results = meta.get("recent_results", [])
+    for key, value in items(seen_ids, partition):
+        entry = orjson.loads(value)
+        rt.seen[key] = entry
+        rt.expiry.append((entry[0], key))
     heapq.heapify(rt.expiry)
     open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
     expedited: list[w.WindowKey] = []
-    for key, value in windows.data.items():
-        if not key.startswith(prefix):
-            continue
+    for key, value in items(windows, partition):
         doc = orjson.loads(value)
-        wkey = w.parse_window_key(key[len(prefix) :].decode())
+        wkey = w.parse_window_key(key.decode())
         if doc.get("closed"):
             rt.closed.append((doc["window_end"] + settings.closed_window_retention_seconds, key))
             continue
@@ -108,7 +114,7 @@ def forget_partitions(partitions: set[int]) -> None:
         _runtimes.pop(p, None)
 
 
-@app.on_partitions_revoked.connect
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     # Another worker may process these partitions next; our in-memory view would be stale
     # if they come back, so drop it and rebuild from the tables on the next batch.
@@ -119,8 +125,8 @@ def sku_key(sku: str) -> bytes:
     return sku.encode()
 
 
-def load_sku(sku: str) -> tuple[SkuState, dict[str, Any] | None]:
-    raw = sku_state.data.get(sku_key(sku))
+def load_sku(sku: str, partition: int) -> tuple[SkuState, dict[str, Any] | None]:
+    raw = get(sku_state, sku_key(sku), partition)
     if raw is None:
         return INITIAL, None
     doc = orjson.loads(raw)
@@ -161,7 +167,7 @@ class BatchProcessor:
     def state(self, sku: str) -> SkuState:
         entry = self.states.get(sku)
         if entry is None:
-            entry = self.states[sku] = load_sku(sku)
+            entry = self.states[sku] = load_sku(sku, self.partition)
         return entry[0]
 
     def set_state(self, sku: str, state: SkuState, offset: int) -> None:
@@ -177,12 +183,7 @@ class BatchProcessor:
     def is_new(self, kind: str, sku: str, event_id: str, ts: float, offset: int) -> bool:
         """Remember the id; False for a duplicate (counted) or a replay (skipped)."""
         rt = self.rt
-        key = b"%s%s/%s\x1f%s" % (
-            partition_prefix(self.partition),
-            kind.encode(),
-            sku.encode(),
-            event_id.encode(),
-        )
+        key = b"%s/%s\x1f%s" % (kind.encode(), sku.encode(), event_id.encode())
         seen = rt.seen.get(key)
         if seen is not None:
             if seen[1:] == [self.src_topic, self.src_partition, offset]:
@@ -279,11 +280,11 @@ class BatchProcessor:
                 "threshold": settings.expedite_threshold,
             }
             self.batch.emit(self.t_expedites, sku_key(sku), orjson.dumps(doc))
+            self.rt.recent_expedites = [doc, *self.rt.recent_expedites][:RECENT]
 
     # -- end of batch ----------------------------------------------------------
     def finish(self) -> None:
         rt = self.rt
-        prefix = partition_prefix(self.partition)
         pw = rt.windows
         for cw in pw.close_due():
             doc = {
@@ -296,7 +297,8 @@ class BatchProcessor:
                 "revenue": w.revenue_out(cw.agg.revenue),
             }
             self.batch.emit(self.t_results, sku_key(cw.sku), orjson.dumps(doc))
-            key = prefix + w.window_key_str(cw.key).encode()
+            rt.recent_results = [doc, *rt.recent_results][:RECENT]
+            key = w.window_key_str(cw.key).encode()
             stored = {
                 **w.agg_to_json(cw.agg),
                 "closed": True,
@@ -312,7 +314,7 @@ class BatchProcessor:
             if agg is None:  # pragma: no cover - closed above in the same batch
                 continue
             stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
-            self.batch.put(windows, prefix + w.window_key_str(wkey).encode(), orjson.dumps(stored))
+            self.batch.put(windows, w.window_key_str(wkey).encode(), orjson.dumps(stored))
         order_time = pw.stream_time
         stream_time = rt.stream_time
         if stream_time is not None:
@@ -335,13 +337,14 @@ class BatchProcessor:
             "stream_time": stream_time,
             "order_stream_time": order_time,
             "counters": rt.counters,
+            "recent_expedites": rt.recent_expedites,
+            "recent_results": rt.recent_results,
         }
-        self.batch.put(partition_state, b"p%d" % self.partition, orjson.dumps(meta))
+        self.batch.put(partition_state, partition_state_key(self.partition), orjson.dumps(meta))
 
 
-def process_envelope(rt: PartitionRuntime, batch: Batch, value: bytes) -> None:
-    """Apply one envelope (see agents/ingest.py) to the partition, staging into batch."""
-    proc = BatchProcessor(rt, batch)
+def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
+    """Apply one envelope (see agents/ingest.py): rows in arrival order."""
     orders_topic, stock_topic = topics.orders.get_topic_name(), topics.stock.get_topic_name()
     for row in orjson.loads(value):
         proc.src_partition = row.pop()
@@ -351,23 +354,36 @@ def process_envelope(rt: PartitionRuntime, batch: Batch, value: bytes) -> None:
         else:
             proc.src_topic = stock_topic
             proc.stock(row)
-    proc.finish()
+
+
+def process(partition: int, events: list[Any]) -> Batch:
+    """Apply the envelopes of one partition; return everything they write, staged."""
+    rt = runtime_for(partition)
+    batch = Batch(table_partition=partition)
+    proc = BatchProcessor(rt, batch)
+    try:
+        for event in events:
+            message = event.message
+            batch.consumed(message.tp, message.offset)
+            apply_envelope(proc, message.value)
+        proc.finish()
+    except Exception:
+        # Our own envelopes are valid by construction; if one is not, drop the
+        # in-memory state (it may be half-applied) and stop rather than guess.
+        forget_partitions({partition})
+        raise
+    return batch
 
 
 @app.agent(topics.events_by_sku, name="tracker")
 async def tracker(stream: AsyncIterable[Any]) -> None:
     """events-by-sku -> tables + order-status, stock-levels, supplier-orders, expedites,
     window-results."""
-    async for event in stream.events():  # type: ignore[attr-defined]
-        message = event.message
-        rt = runtime_for(message.partition)
-        batch = Batch(table_partition=message.partition)
-        batch.consumed(message.tp, message.offset)
-        try:
-            process_envelope(rt, batch, message.value)
-        except Exception:
-            # Our own envelopes are valid by construction; if one is not, drop the
-            # in-memory state (it may be half-applied) and stop rather than guess.
-            forget_partitions({message.partition})
-            raise
-        await commit(batch, source=message.tp)
+    take = stream.take_events(settings.batch_envelopes, within=settings.batch_window_s)  # type: ignore[attr-defined]
+    async for events in take:
+        by_partition: dict[int, list[Any]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        for partition, group in by_partition.items():
+            batch = process(partition, group)
+            await commit(batch, source=group[0].message.tp)

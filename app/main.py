@@ -23,7 +23,7 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-class StockTrackerApp(faust.App):  # type: ignore[misc]
+class StockTrackerApp(faust.App):
     """The Faust app, plus the start-up steps the contract needs before consuming."""
 
     async def on_first_start(self) -> None:
@@ -31,7 +31,7 @@ class StockTrackerApp(faust.App):  # type: ignore[misc]
         from app.topics import ALL
 
         await super().on_first_start()
-        if self.conf.processing_guarantee.value == "exactly_once":
+        if settings.processing_guarantee == "exactly_once":
             wipe_local_tables(Path(self.conf.tabledir))
         await ensure_topics(
             settings.broker_host_ports,
@@ -70,6 +70,7 @@ def _register() -> None:
     # Imported for their side effect: each module declares its tables, agents or views
     # on ``app``. Done after ``app`` exists because they import it.
     import agents  # noqa: F401
+    import app.commands  # noqa: F401
     import app.web  # noqa: F401
     import tables  # noqa: F401
 

@@ -66,6 +66,8 @@ class Settings:
     """How long (stream time) closed windows stay readable over HTTP."""
     batch_size: int = 2_000
     """Most events an agent takes at once; state is written once per key per batch."""
+    batch_envelopes: int = 200
+    """Most envelopes (batches of ingest) the tracker takes at once."""
     batch_window_s: float = 0.05
     """Longest an agent waits to fill a batch."""
     log_level: LogLevel = "info"

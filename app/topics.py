@@ -7,7 +7,10 @@ worker writes while processing partition ``p`` lands in partition ``p``.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
+
+from aiokafka.partitioner import murmur2
 
 from app.main import app, settings
 
@@ -49,3 +52,12 @@ dead_letters = _topic("dead-letters")
 
 OUTPUTS = (order_status, stock_levels, supplier_orders, expedites, window_results, dead_letters)
 ALL = (orders, stock, events_by_sku, *OUTPUTS)
+
+
+@lru_cache(maxsize=65_536)
+def sku_partition(sku: str) -> int:
+    """The partition that owns ``sku``: Kafka's default partitioner on the UTF-8 SKU.
+
+    Tables, the SKU-keyed topic and HTTP routing all agree on it.
+    """
+    return int(murmur2(sku.encode()) & 0x7FFFFFFF) % settings.topic_partitions

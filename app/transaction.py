@@ -23,6 +23,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 
 from app.main import app
+from tables.base import put
 
 
 @dataclass(slots=True)
@@ -83,25 +84,22 @@ def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, i
     partition = batch.table_partition
     for (table, key), value in batch.table_writes.items():
         assert partition is not None, "a batch that writes tables needs table_partition"
-        store = table.data
-        if value is None:
-            store.pop(key, None)
-        else:
-            store[key] = value
+        put(table, key, value, partition)
         yield table.changelog_topic.get_topic_name(), key, value, partition
 
 
 async def _commit_transactional(batch: Batch, source: TP) -> None:
     tid = transactional_id(source)
-    producer = app.producer
+    # Faust's aiokafka driver keeps one transactional producer (and lock) per id.
+    producer: Any = app.producer
     lock = producer._trn_locks[tid]
     async with lock:
         txn = producer._transaction_producers[tid]
         send = txn.send
         for topic, key, value, partition in batch.outputs:
             await send(topic, value, key=key, partition=partition)
-        for topic, key, value, partition in _apply_to_stores(batch):
-            await send(topic, value, key=key, partition=partition)
+        for topic, key, change, partition in _apply_to_stores(batch):
+            await send(topic, change, key=key, partition=partition)
         if batch.sources:
             offsets = {
                 TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
@@ -112,7 +110,7 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
 
 
 async def _commit_plain(batch: Batch) -> None:
-    producer = app.producer
+    producer: Any = app.producer
     futures = [
         await producer.send(topic, key, value, partition, None, None)
         for topic, key, value, partition in batch.outputs

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web as aioweb
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from app.events import format_ts
 from app.main import app, settings
 from app.rules import windows as w
+from app.topics import sku_partition
 from tables import (
     dead_letter_stats,
     order_status,
@@ -24,7 +26,7 @@ from tables import (
     supplier_orders,
     windows,
 )
-from tables.base import partition_prefix
+from tables.base import items, lookup
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ DEFAULT_PAGE = 100
 MAX_KEY_CHARS = 64
 
 Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
+View = Callable[..., Awaitable[aioweb.Response]]
 
 
 def json_response(data: Any, status: int = 200) -> aioweb.Response:
@@ -57,66 +60,35 @@ async def json_errors(request: aioweb.Request, handler: Handler) -> aioweb.Strea
         return error(500, "internal error (logged by the worker)")
 
 
-class WebServer(AiohttpWeb):  # type: ignore[misc]
+class WebServer(AiohttpWeb):
     """Faust's aiohttp server without its built-in index and debug pages (we own ``/``)."""
 
-    production_blueprints: list[Any] = []  # noqa: RUF012 - overrides a ClassVar
-    debug_blueprints: list[Any] = []  # noqa: RUF012
+    production_blueprints: ClassVar[list[Any]] = []
+    debug_blueprints: ClassVar[list[Any]] = []
 
 
 app.conf.web_application_options = {"middlewares": [json_errors]}
 app._new_web = lambda: WebServer(app)  # type: ignore[method-assign]
 
 
-def _key_param(request: Any, name: str) -> str:
-    value: str = request.match_info[name]
+def route(path: str) -> Callable[[View], View]:
+    """``app.page`` for plain ``async def view(web, request, **match_info)`` functions."""
+
+    def register(view: View) -> View:
+        page: Any = app.page(path)
+        page(view)
+        return view
+
+    return register
+
+
+def key_param(value: str, name: str) -> str:
     if not 1 <= len(value) <= MAX_KEY_CHARS:
         raise aioweb.HTTPBadRequest(reason=f"{name} must be 1-{MAX_KEY_CHARS} characters")
     return value
 
 
-def _doc(table: Any, key: bytes) -> Any | None:
-    raw = table.data.get(key)
-    return None if raw is None else orjson.loads(raw)
-
-
-def _sku_partition(sku: str) -> int:
-    from agents.ingest import sku_partition
-
-    return sku_partition(sku)
-
-
-def stock_view(sku: str, doc: dict[str, Any]) -> dict[str, Any]:
-    from app.events import format_ts
-
-    return {
-        "sku": sku,
-        "level": doc["level"],
-        "open_supplier_order": doc["open_order"],
-        "updated_at": format_ts(doc["updated_ts"]),
-        "supplier_orders_opened": doc["supplier_orders_opened"],
-        "as_of": doc.get("as_of"),
-    }
-
-
-@app.page("/health")
-async def health(web: Any, request: Any) -> aioweb.Response:
-    # Ready once the tables are recovered and the agents consume; 503 until then.
-    if app.tables.recovery.completed.is_set():
-        return json_response({"status": "ok"})
-    return json_response({"status": "starting"}, status=503)
-
-
-@app.page("/stock/{sku}")
-async def stock_item(web: Any, request: Any, sku: str) -> aioweb.Response:
-    sku = _key_param(request, "sku")
-    doc = _doc(sku_state, sku.encode())
-    if doc is None:
-        return error(404, f"unknown sku: {sku}")
-    return json_response(stock_view(sku, doc))
-
-
-def _int_query(request: Any, name: str, default: int, lo: int, hi: int) -> int:
+def int_query(request: Any, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -129,104 +101,173 @@ def _int_query(request: Any, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-@app.page("/stock/")
-async def stock_list(web: Any, request: Any) -> aioweb.Response:
-    limit = _int_query(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    after = request.query.get("after")
-    keys = sorted(k.decode() for k in sku_state.data)
-    if after is not None:
-        keys = [k for k in keys if k > after]
-    page = keys[:limit]
-    items = []
-    for sku in page:
-        doc = _doc(sku_state, sku.encode())
-        if doc is not None:
-            items.append({"sku": sku, "level": doc["level"]})
-    more = len(keys) > limit
-    return json_response({"items": items, "next": page[-1] if more and page else None})
+def doc(table: Any, key: bytes) -> Any | None:
+    raw = lookup(table, key)
+    return None if raw is None else orjson.loads(raw)
 
 
-@app.page("/orders/{order_id}")
-async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
-    order_id = _key_param(request, "order_id")
-    doc = _doc(order_status, order_id.encode())
-    if doc is None:
-        return error(404, f"unknown order_id: {order_id}")
-    return json_response(doc)
+def stock_view(sku: str, state: dict[str, Any]) -> dict[str, Any]:
+    open_order = state["open_order"]
+    if open_order is not None:
+        open_order = {
+            **open_order,
+            "created_at": format_ts(open_order.pop("created_ts")),
+            "ts": format_ts(open_order["ts"]),
+        }
+    return {
+        "sku": sku,
+        "level": state["level"],
+        "open_supplier_order": open_order,
+        "updated_at": format_ts(state["updated_ts"]),
+        "supplier_orders_opened": state["supplier_orders_opened"],
+        "as_of": state.get("as_of"),
+    }
 
 
-@app.page("/supplier-orders/{sku}")
-async def supplier_order_list(web: Any, request: Any, sku: str) -> aioweb.Response:
-    sku = _key_param(request, "sku")
-    state = _doc(sku_state, sku.encode())
+@route("/health")
+async def health(web: Any, request: Any) -> aioweb.Response:
+    # Ready once the tables are recovered and the agents consume; 503 until then.
+    recovery: Any = app.tables
+    if recovery.recovery.completed.is_set():
+        return json_response({"status": "ok"})
+    return json_response({"status": "starting"}, status=503)
+
+
+@route("/stock/{sku}")
+async def stock_item(web: Any, request: Any, sku: str) -> aioweb.Response:
+    sku = key_param(sku, "sku")
+    state = doc(sku_state, sku.encode())
     if state is None:
         return error(404, f"unknown sku: {sku}")
-    items = []
-    for n in range(state["supplier_orders_opened"], 0, -1):
-        doc = _doc(supplier_orders, f"SO-{sku}-{n}".encode())
-        if doc is not None:
-            items.append(doc)
-    return json_response({"sku": sku, "supplier_orders": items})
+    return json_response(stock_view(sku, state))
 
 
-@app.page("/windows/{sku}")
+@route("/stock/")
+async def stock_list(web: Any, request: Any) -> aioweb.Response:
+    limit = int_query(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    after = request.query.get("after")
+    rows = sorted((k.decode(), v) for k, v in items(sku_state))
+    if after is not None:
+        rows = [r for r in rows if r[0] > after]
+    page = rows[:limit]
+    body = [{"sku": sku, "level": orjson.loads(raw)["level"]} for sku, raw in page]
+    more = len(rows) > limit
+    return json_response({"items": body, "next": page[-1][0] if more else None})
+
+
+@route("/orders/{order_id}")
+async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
+    order_id = key_param(order_id, "order_id")
+    record = doc(order_status, order_id.encode())
+    if record is None:
+        return error(404, f"unknown order_id: {order_id}")
+    return json_response(record)
+
+
+@route("/supplier-orders/{sku}")
+async def supplier_order_list(web: Any, request: Any, sku: str) -> aioweb.Response:
+    sku = key_param(sku, "sku")
+    state = doc(sku_state, sku.encode())
+    if state is None:
+        return error(404, f"unknown sku: {sku}")
+    found = (
+        doc(supplier_orders, f"SO-{sku}-{n}".encode())
+        for n in range(state["supplier_orders_opened"], 0, -1)
+    )
+    return json_response({"sku": sku, "supplier_orders": [d for d in found if d is not None]})
+
+
+@route("/supplier-orders/")
+async def open_supplier_orders(web: Any, request: Any) -> aioweb.Response:
+    """Every open supplier order (one per SKU at most), sorted by SKU."""
+    found = []
+    for key, raw in items(sku_state):
+        state = orjson.loads(raw)
+        if state["open_order"] is not None:
+            found.append(stock_view(key.decode(), state)["open_supplier_order"])
+    found.sort(key=lambda so: str(so["sku"]))
+    return json_response({"supplier_orders": found})
+
+
+@route("/windows/{sku}")
 async def window_list(web: Any, request: Any, sku: str) -> aioweb.Response:
-    from app.events import format_ts
-
-    sku = _key_param(request, "sku")
+    sku = key_param(sku, "sku")
     kind = request.query.get("kind", "tumbling")
-    if kind not in ("tumbling", "hopping"):
+    if kind not in w.KINDS:
         return error(400, f"kind must be tumbling or hopping, got {kind!r}")
     spec = (
         w.tumbling(settings.tumbling_seconds)
         if kind == "tumbling"
         else w.hopping(settings.hopping_seconds, settings.hopping_step_seconds)
     )
-    prefix = partition_prefix(_sku_partition(sku))
-    found = []
-    for key, value in windows.data.items():
-        if not key.startswith(prefix):
-            continue
-        k_sku, k_kind, start = w.parse_window_key(key[len(prefix) :].decode())
+    found: list[tuple[int, dict[str, Any]]] = []
+    for key, raw in items(windows, sku_partition(sku)):
+        k_sku, k_kind, start = w.parse_window_key(key.decode())
         if k_sku != sku or k_kind != kind:
             continue
-        doc = orjson.loads(value)
-        agg = w.agg_from_json(doc)
-        found.append(
-            {
-                "window_start": format_ts(start),
-                "window_end": format_ts(start + spec.size_s),
-                "orders": agg.orders,
-                "units": agg.units,
-                "revenue": w.revenue_out(agg.revenue),
-                "closed": bool(doc.get("closed")),
-                "_start": start,
-            }
-        )
-    found.sort(key=lambda d: d["_start"])
-    for d in found:
-        del d["_start"]
+        stored = orjson.loads(raw)
+        agg = w.agg_from_json(stored)
+        window = {
+            "window_start": format_ts(start),
+            "window_end": format_ts(start + spec.size_s),
+            "orders": agg.orders,
+            "units": agg.units,
+            "revenue": w.revenue_out(agg.revenue),
+            "closed": bool(stored.get("closed")),
+        }
+        found.append((start, window))
+    found.sort(key=lambda pair: pair[0])
     return json_response(
-        {"sku": sku, "kind": kind, "size": spec.size_s, "step": spec.step_s, "windows": found}
+        {
+            "sku": sku,
+            "kind": kind,
+            "size": spec.size_s,
+            "step": spec.step_s,
+            "windows": [window for _, window in found],
+        }
     )
 
 
-@app.page("/stats")
+def partition_docs() -> list[dict[str, Any]]:
+    return [orjson.loads(raw) for _, raw in items(partition_state)]
+
+
+@route("/stats")
 async def stats(web: Any, request: Any) -> aioweb.Response:
     totals: dict[str, int] = {}
-    for raw in partition_state.data.values():
-        for name, count in orjson.loads(raw).get("counters", {}).items():
+    for meta in partition_docs():
+        for name, count in meta.get("counters", {}).items():
             totals[name] = totals.get(name, 0) + count
-    dead = sum(orjson.loads(raw)["count"] for raw in dead_letter_stats.data.values())
-    processed = totals.get("orders", 0) + totals.get("stock_moves", 0)
+    dead = sum(orjson.loads(raw)["count"] for _, raw in items(dead_letter_stats))
+    orders, moves = totals.get("orders", 0), totals.get("stock_moves", 0)
     return json_response(
         {
-            "processed": processed,
-            "processed_orders": totals.get("orders", 0),
-            "processed_stock_moves": totals.get("stock_moves", 0),
+            "processed": orders + moves,
+            "processed_orders": orders,
+            "processed_stock_moves": moves,
             "dead_lettered": dead,
             "duplicates": totals.get("duplicates", 0),
             "late": totals.get("late_orders", 0),
             "replays_skipped": totals.get("replayed", 0),
         }
+    )
+
+
+@route("/recent")
+async def recent(web: Any, request: Any) -> aioweb.Response:
+    """The latest expedites, window results and dead letters, newest first (dashboard)."""
+    metas = partition_docs()
+    expedites = sorted(
+        (e for m in metas for e in m.get("recent_expedites", [])),
+        key=lambda e: (e["window_start"], e["sku"]),
+        reverse=True,
+    )
+    results = sorted(
+        (r for m in metas for r in m.get("recent_results", [])),
+        key=lambda r: (r["window_end"], r["kind"], r["sku"]),
+        reverse=True,
+    )
+    dead = [d for _, raw in items(dead_letter_stats) for d in orjson.loads(raw)["recent"]]
+    return json_response(
+        {"expedites": expedites[:20], "window_results": results[:50], "dead_letters": dead[:20]}
     )

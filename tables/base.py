@@ -1,8 +1,17 @@
-"""How every table of the app is declared: raw bytes in, raw bytes out."""
+"""How every table of the app is declared and read: raw bytes, explicit partitions.
+
+Faust's stores pick the partition of a read or write from the *current event*, which is
+wrong for an agent that processes a batch of several partitions at once. The functions
+here take the partition explicitly, for both the RocksDB and the in-memory store.
+Values are orjson documents, parsed by the caller once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from faust.stores.rocksdb import Store as RocksDBStore
 
 from app.main import app, settings
 
@@ -19,6 +28,54 @@ def raw_table(name: str, help: str) -> Any:
     )
 
 
-def partition_prefix(partition: int) -> bytes:
-    """Key prefix of the tables whose keys are rebuilt per partition after a rebalance."""
-    return b"p%d/" % partition
+def get(table: Any, key: bytes, partition: int) -> bytes | None:
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        value: bytes | None = store._db_for_partition(partition).get(key)
+        return value
+    found: bytes | None = store.data.get(key)
+    return found
+
+
+def lookup(table: Any, key: bytes) -> bytes | None:
+    """Read ``key`` from whichever local partition holds it (for HTTP reads)."""
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        found: bytes | None = store._get(key)
+        return found
+    value: bytes | None = store.data.get(key)
+    return value
+
+
+def put(table: Any, key: bytes, value: bytes | None, partition: int) -> None:
+    """Write (or, with None, delete) ``key`` in the local store of ``partition``."""
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        db = store._db_for_partition(partition)
+        if value is None:
+            db.delete(key)
+            store._key_index.pop(key, None)
+        else:
+            db.put(key, value)
+            store._key_index[key] = partition
+    elif value is None:
+        store.data.pop(key, None)
+        store._key_partition.pop(key, None)
+    else:
+        store.data[key] = value
+        store._key_partition[key] = partition
+
+
+def items(table: Any, partition: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of one local partition, or of all assigned ones."""
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        if partition is None:
+            yield from store._iteritems()
+        else:
+            yield from store._visible_items(store._db_for_partition(partition))
+        return
+    owner = store._key_partition
+    for key, value in list(store.data.items()):
+        if value is not None and (partition is None or owner.get(key) == partition):
+            yield key, value

@@ -1,8 +1,8 @@
 """``seen-ids``: the duplicate memory, one key per (SKU, order_id or event_id).
 
-Key ``p<partition>/<o|s>/<sku>\\x1f<id>``, value ``[ts, source_topic, partition, offset]``.
-The partition prefix lets a worker rebuild its expiry index for just the partitions it
-is assigned; entries leave once stream time passes ``ts + DEDUPE_SECONDS``.
+Key ``<o|s>/<sku>\\x1f<id>``, value ``[ts, source_topic, partition, offset]``: where the
+id was first seen, so a replay of that very message is told apart from a duplicate.
+Entries leave once stream time passes ``ts + DEDUPE_SECONDS``.
 """
 
 from tables.base import raw_table

@@ -1,7 +1,7 @@
 """``windows``: demand aggregates per (SKU, kind, window start), open and recently closed.
 
-Key ``p<partition>/<window key>``. Closing is driven by stream time in the tracker, not
-by Faust's wall-clock windowed tables (see docs/windows.md).
+Key: ``app.rules.windows.window_key_str`` of (SKU, kind, start). Closing is driven by
+stream time in the tracker, not by Faust's wall-clock windowed tables.
 """
 
 from tables.base import raw_table

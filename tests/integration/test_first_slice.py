@@ -14,12 +14,29 @@ def test_stock_events_move_levels_in_both_time_formats(worker: Worker, kafka: st
         kafka,
         worker.topic("stock"),
         [
-            {"event_id": "e1", "sku": "SKU-1", "reason": "delivery", "quantity": 50,
-             "supplier_id": "acme", "ts": "2026-11-26T12:00:00Z"},
-            {"event_id": "e2", "sku": "SKU-1", "reason": "adjustment", "quantity": -5,
-             "ts": 1795694460},
-            {"event_id": "e3", "sku": "SKU-2", "reason": "return", "quantity": 3,
-             "ts": "2026-11-26T13:02:00+01:00", "extra": "ignored"},
+            {
+                "event_id": "e1",
+                "sku": "SKU-1",
+                "reason": "delivery",
+                "quantity": 50,
+                "supplier_id": "acme",
+                "ts": "2026-11-26T12:00:00Z",
+            },
+            {
+                "event_id": "e2",
+                "sku": "SKU-1",
+                "reason": "adjustment",
+                "quantity": -5,
+                "ts": 1795694460,
+            },
+            {
+                "event_id": "e3",
+                "sku": "SKU-2",
+                "reason": "return",
+                "quantity": 3,
+                "ts": "2026-11-26T13:02:00+01:00",
+                "extra": "ignored",
+            },
         ],
         key=None,
     )
@@ -34,7 +51,10 @@ def test_stock_events_move_levels_in_both_time_formats(worker: Worker, kafka: st
     assert sku2["open_supplier_order"]["quantity"] == 97
 
     levels = read_topic(kafka, worker.topic("stock-levels"), min_count=3)
-    assert [(k, v["level"]) for k, v in levels if k == b"SKU-1"] == [(b"SKU-1", 50), (b"SKU-1", 45)]
+    assert [(k, v["level"]) for k, v in levels if k == b"SKU-1"] == [
+        (b"SKU-1", 50),
+        (b"SKU-1", 45),
+    ]
 
     status, missing = worker.get("/stock/never-seen")
     assert status == 404 and "error" in missing

@@ -32,6 +32,7 @@ from app.rules.stock import apply_order, apply_stock
 from app.transaction import Batch, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import get, items
+from tables.restore import restore_partition
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
@@ -61,6 +62,8 @@ class PartitionRuntime:
         )
     )
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    watermarks: dict[str, int] = field(default_factory=dict)
+    """Highest offset applied per input partition ("topic/partition")."""
     recent_expedites: list[dict[str, Any]] = field(default_factory=list)
     recent_results: list[dict[str, Any]] = field(default_factory=list)
 
@@ -68,11 +71,16 @@ class PartitionRuntime:
 _runtimes: dict[int, PartitionRuntime] = {}
 
 
-def runtime_for(partition: int) -> PartitionRuntime:
-    """The partition's runtime, rebuilt from the (already recovered) tables if needed."""
+TABLES = (sku_state, supplier_orders, order_status, seen_ids, windows, partition_state)
+
+
+async def runtime_for(partition: int) -> PartitionRuntime:
+    """The partition's runtime; the first time, restore its tables and rebuild it."""
     rt = _runtimes.get(partition)
     if rt is None:
+        n = await restore_partition(TABLES, partition, settings.broker_host_ports)
         rt = _runtimes[partition] = rebuild(partition)
+        app.log.info("Partition %d restored from %d changelog records", partition, n)
     return rt
 
 
@@ -86,6 +94,7 @@ def rebuild(partition: int) -> PartitionRuntime:
     meta = orjson.loads(raw_meta) if raw_meta else {}
     rt.stream_time = meta.get("stream_time")
     rt.counters.update(meta.get("counters", {}))
+    rt.watermarks = meta.get("watermarks", {})
     rt.recent_expedites = meta.get("recent_expedites", [])
     rt.recent_results = meta.get("recent_results", [])
     for key, value in items(seen_ids, partition):
@@ -181,21 +190,32 @@ class BatchProcessor:
         self.dirty.add(sku)
 
     def is_new(self, kind: str, sku: str, event_id: str, ts: float, offset: int) -> bool:
-        """Remember the id; False for a duplicate (counted) or a replay (skipped)."""
+        """Remember the id; False for a duplicate (counted)."""
         rt = self.rt
         key = b"%s/%s\x1f%s" % (kind.encode(), sku.encode(), event_id.encode())
-        seen = rt.seen.get(key)
-        if seen is not None:
-            if seen[1:] == [self.src_topic, self.src_partition, offset]:
-                rt.counters["replayed"] += 1
-            else:
-                rt.counters["duplicates"] += 1
+        if key in rt.seen:
+            rt.counters["duplicates"] += 1
             return False
         entry = [ts, self.src_topic, self.src_partition, offset]
         rt.seen[key] = entry
         heapq.heappush(rt.expiry, (ts, key))
         self.batch.put(seen_ids, key, orjson.dumps(entry))
         return True
+
+    def replayed(self, offset: int) -> bool:
+        """Whether this input message was applied here before.
+
+        Ingest forwards each input partition in offset order, so per input partition
+        the offsets reaching this partition only grow; anything at or below the
+        watermark is the same message delivered again (Faust re-delivers after a
+        rebalance), and applying it twice would count it twice.
+        """
+        source = f"{self.src_topic}/{self.src_partition}"
+        if offset <= self.rt.watermarks.get(source, -1):
+            self.rt.counters["replayed"] += 1
+            return True
+        self.rt.watermarks[source] = offset
+        return False
 
     def advance(self, ts: float) -> None:
         if self.rt.stream_time is None or ts > self.rt.stream_time:
@@ -214,6 +234,8 @@ class BatchProcessor:
     # -- events ----------------------------------------------------------------
     def order(self, row: list[Any]) -> None:
         _, offset, order_id, customer_id, sku, quantity, price, ts = row
+        if self.replayed(offset):
+            return
         self.advance(ts)
         if not self.is_new("o", sku, order_id, ts, offset):
             return
@@ -247,6 +269,8 @@ class BatchProcessor:
 
     def stock(self, row: list[Any]) -> None:
         _, offset, event_id, sku, reason, quantity, supplier_id, ts = row
+        if self.replayed(offset):
+            return
         self.advance(ts)
         if not self.is_new("s", sku, event_id, ts, offset):
             return
@@ -337,6 +361,7 @@ class BatchProcessor:
             "stream_time": stream_time,
             "order_stream_time": order_time,
             "counters": rt.counters,
+            "watermarks": rt.watermarks,
             "recent_expedites": rt.recent_expedites,
             "recent_results": rt.recent_results,
         }
@@ -356,9 +381,9 @@ def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
             proc.stock(row)
 
 
-def process(partition: int, events: list[Any]) -> Batch:
+def process(rt: PartitionRuntime, events: list[Any]) -> Batch:
     """Apply the envelopes of one partition; return everything they write, staged."""
-    rt = runtime_for(partition)
+    partition = rt.partition
     batch = Batch(table_partition=partition)
     proc = BatchProcessor(rt, batch)
     try:
@@ -385,5 +410,5 @@ async def tracker(stream: AsyncIterable[Any]) -> None:
         for event in events:
             by_partition.setdefault(event.message.partition, []).append(event)
         for partition, group in by_partition.items():
-            batch = process(partition, group)
+            batch = process(await runtime_for(partition), group)
             await commit(batch, source=group[0].message.tp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -39,6 +40,15 @@ class StockTrackerApp(faust.App):
             settings.topic_partitions,
         )
 
+    def _new_transport(self) -> Any:
+        from app.consumer import GaplessConsumer
+        from app.transaction import BatchTransactionManager
+
+        transport: Any = super()._new_transport()
+        transport.Consumer = GaplessConsumer
+        transport.TransactionManager = BatchTransactionManager
+        return transport
+
 
 settings = load_settings()
 
@@ -59,8 +69,15 @@ app = StockTrackerApp(
     broker_commit_every=1 << 40,
     broker_commit_interval=1e9,
     stream_wait_empty=False,
+    # A worker killed with SIGKILL never leaves the group; the broker notices after the
+    # session timeout, and a restarted worker waits that long in its first rebalance.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=2.0,
     consumer_auto_offset_reset="earliest",
     table_cleanup_interval=1e9,
+    # Standby replicas would make a worker hold changelog partitions it does not
+    # process; with exactly-once every worker rebuilds its actives instead.
+    table_standby_replicas=0,
     web_enabled=True,
     logging_config=None,
 )
@@ -70,7 +87,7 @@ def _register() -> None:
     # Imported for their side effect: each module declares its tables, agents or views
     # on ``app``. Done after ``app`` exists because they import it.
     import agents  # noqa: F401
-    import app.commands  # noqa: F401
+    import app.commands
     import app.web  # noqa: F401
     import tables  # noqa: F401
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.structs import TopicPartition
+from faust.transport.consumer import TransactionManager
 from faust.types import TP
 
 from app.main import app
@@ -50,6 +51,20 @@ class Batch:
 
     def put(self, table: Any, key: bytes, value: bytes | None) -> None:
         self.table_writes[(table, key)] = value
+
+
+class BatchTransactionManager(TransactionManager):
+    """Faust's transaction manager, minus its own offset commits.
+
+    Every batch commits its offsets in its own transaction (:func:`commit`). Faust
+    would also commit the offsets of *acknowledged* messages (on rebalance, on stop),
+    and those lag a batch behind, so its commit could move a committed offset back
+    and make the next worker redo work. Producers per partition, fencing and
+    rebalancing stay Faust's.
+    """
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        return False
 
 
 def transactional_id(tp: TP) -> str:

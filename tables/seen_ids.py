@@ -1,7 +1,7 @@
 """``seen-ids``: the duplicate memory, one key per (SKU, order_id or event_id).
 
-Key ``<o|s>/<sku>\\x1f<id>``, value ``[ts, source_topic, partition, offset]``: where the
-id was first seen, so a replay of that very message is told apart from a duplicate.
+Key ``<o|s>/<sku>\\x1f<id>``, value ``[ts, source_topic, partition, offset]``: when and
+where the id was first seen.
 Entries leave once stream time passes ``ts + DEDUPE_SECONDS``.
 """
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
 
 ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
-LogLevel = Literal["debug", "info", "warning", "error"]
 
 T = TypeVar("T")
 
@@ -70,8 +69,6 @@ class Settings:
     """Most envelopes (batches of ingest) the tracker takes at once."""
     batch_window_s: float = 0.05
     """Longest an agent waits to fill a batch."""
-    log_level: LogLevel = "info"
-    """Worker log level."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -221,7 +218,6 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "web_port": _port,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
     "processing_guarantee": _literal(ProcessingGuarantee),
-    "log_level": _literal(LogLevel),
 }
 
 # Settings where 0 is meaningful; every other integer must be >= 1.

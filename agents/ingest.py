@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from faust.types import TP, EventT
 
-from app import topics
+from app import metrics, topics
 from app.events import InvalidEvent, parse_order, parse_stock
 from app.main import app, settings
 from app.transaction import Batch, commit, transactional_id
@@ -109,5 +109,7 @@ def build_batches(events: Sequence[EventT[Any]]) -> dict[str, tuple[TP, Batch]]:
 async def ingest(stream: AsyncIterable[Any]) -> None:
     """orders + stock -> events-by-sku (valid) or dead-letters (invalid)."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_window_s):  # type: ignore[attr-defined]
+        newest_ts = metrics.count_input(events)
         for source, batch in build_batches(events).values():
+            batch.newest_input_ts = newest_ts
             await commit(batch, source=source)

@@ -78,6 +78,7 @@ async def runtime_for(partition: int) -> PartitionRuntime:
     """The partition's runtime; the first time, restore its tables and rebuild it."""
     rt = _runtimes.get(partition)
     if rt is None:
+        app.log.info("Restoring partition %d", partition)
         n = await restore_partition(TABLES, partition, settings.broker_host_ports)
         rt = _runtimes[partition] = rebuild(partition)
         app.log.info("Partition %d restored from %d changelog records", partition, n)
@@ -411,4 +412,9 @@ async def tracker(stream: AsyncIterable[Any]) -> None:
             by_partition.setdefault(event.message.partition, []).append(event)
         for partition, group in by_partition.items():
             batch = process(await runtime_for(partition), group)
-            await commit(batch, source=group[0].message.tp)
+            try:
+                await commit(batch, source=group[0].message.tp)
+            except BaseException:
+                # The in-memory runtime already holds this batch; Kafka may not.
+                forget_partitions({partition})
+                raise

@@ -88,6 +88,8 @@ def _register() -> None:
     # on ``app``. Done after ``app`` exists because they import it.
     import agents  # noqa: F401
     import app.commands
+    import app.dashboard
+    import app.metrics
     import app.web  # noqa: F401
     import tables  # noqa: F401
 

@@ -23,6 +23,7 @@ from aiokafka.structs import TopicPartition
 from faust.transport.consumer import TransactionManager
 from faust.types import TP
 
+from app import metrics
 from app.main import app
 from tables.base import put
 
@@ -39,6 +40,8 @@ class Batch:
     """(table, key) -> value (None deletes); one write per key per batch."""
     table_partition: int | None = None
     """Partition of the tables' changelogs this batch writes (its source partition)."""
+    newest_input_ts: float | None = None
+    """Kafka timestamp (epoch seconds) of the newest input message, for the latency metric."""
 
     def consumed(self, tp: TP, offset: int) -> None:
         if offset + 1 > self.sources.get(tp, -1):
@@ -92,6 +95,7 @@ async def commit(batch: Batch, *, source: TP) -> None:
         app.log.exception("Batch commit failed, stopping the worker: %r", exc)
         await app.crash(exc)
         raise
+    metrics.committed(batch.outputs, batch.sources, batch.newest_input_ts)
 
 
 def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:

@@ -232,25 +232,28 @@ def partition_docs() -> list[dict[str, Any]]:
     return [orjson.loads(raw) for _, raw in items(partition_state)]
 
 
-@route("/stats")
-async def stats(web: Any, request: Any) -> aioweb.Response:
-    totals: dict[str, int] = {}
+def totals() -> dict[str, int]:
+    """The ``/stats`` counts, summed over this worker's partitions (also for /metrics)."""
+    counters: dict[str, int] = {}
     for meta in partition_docs():
         for name, count in meta.get("counters", {}).items():
-            totals[name] = totals.get(name, 0) + count
+            counters[name] = counters.get(name, 0) + count
     dead = sum(orjson.loads(raw)["count"] for _, raw in items(dead_letter_stats))
-    orders, moves = totals.get("orders", 0), totals.get("stock_moves", 0)
-    return json_response(
-        {
-            "processed": orders + moves,
-            "processed_orders": orders,
-            "processed_stock_moves": moves,
-            "dead_lettered": dead,
-            "duplicates": totals.get("duplicates", 0),
-            "late": totals.get("late_orders", 0),
-            "replays_skipped": totals.get("replayed", 0),
-        }
-    )
+    orders, moves = counters.get("orders", 0), counters.get("stock_moves", 0)
+    return {
+        "processed": orders + moves,
+        "processed_orders": orders,
+        "processed_stock_moves": moves,
+        "dead_lettered": dead,
+        "duplicates": counters.get("duplicates", 0),
+        "late": counters.get("late_orders", 0),
+        "replays_skipped": counters.get("replayed", 0),
+    }
+
+
+@route("/stats")
+async def stats(web: Any, request: Any) -> aioweb.Response:
+    return json_response(totals())
 
 
 @route("/recent")

@@ -76,11 +76,20 @@ async def _stable_end_offsets(
     fences it; reading before that would stop short of later committed data.
     """
     deadline = time.monotonic() + timeout_s
+    next_log = time.monotonic() + 5
     while True:
         stable = await reader.end_offsets(tps)
         high = await probe.end_offsets(tps)
         if stable == high:
             return dict(stable)
+        if time.monotonic() > next_log:
+            next_log += 5
+            waiting = {
+                f"{tp.topic}/{tp.partition}": (stable[tp], high[tp])
+                for tp in tps
+                if stable[tp] != high[tp]
+            }
+            log.info("Waiting for open transactions to end before restoring: %s", waiting)
         if time.monotonic() > deadline:
             log.warning("Changelogs still have open transactions; restoring what is stable")
             return dict(stable)

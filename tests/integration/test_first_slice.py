@@ -38,7 +38,8 @@ def test_stock_events_move_levels_in_both_time_formats(worker: Worker, kafka: st
                 "extra": "ignored",
             },
         ],
-        key=None,
+        # Keyed by SKU, so both SKU-1 events share a partition and arrive in order.
+        key=lambda v: v["sku"],
     )
     body = worker.wait_for("/stock/SKU-1", lambda b: b["level"] == 45)
     assert body["sku"] == "SKU-1"

@@ -55,7 +55,10 @@ async def bare_consume(bootstrap: str, topic: str, n: int) -> float:
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts = consumer.partitions_for_topic(topic)
+        while not parts:  # the client learns a topic's partitions from a metadata refresh
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

@@ -8,14 +8,15 @@ records. Unless something seeks back, they are never read again, and the next ba
 that partition commits an offset past them. We saw exactly that in the crash test: a
 worker restarted after SIGKILL lost about twenty orders per partition.
 
-Here every record that was fetched but not handed on rewinds its partition to itself,
-so the next fetch starts there again. Everything else is Faust's code unchanged.
+Here a partition whose records were held back because it was paused is sought back to
+the first of them once the batch is handed on, so the next fetch starts there again
+(a stopped flow or a new generation is left to Faust, which then seeks every partition
+to its committed offset). Everything else is Faust's code unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
@@ -34,36 +35,26 @@ class GaplessConsumer(AIOKafkaConsumer):
             # committed offsets.
             await self.perform_seek()
             return
-        delivered: dict[TP, int] = {}
-        held_back: set[TP] = set()
+        held_back: dict[TP, int] = {}
         to_message = self._to_message
-        try:
-            for tp, record in self.scheduler.iterate(records):
-                if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                    break
-                if tp in held_back:
-                    continue  # keep each partition in order: nothing after a skip
-                if (
-                    active_partitions is None
-                    or tp in active_partitions
-                    or tp in self._buffered_partitions
-                ):
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    delivered[tp] = record.offset
-                    yield tp, to_message(tp, record)
-                else:
-                    held_back.add(tp)
-        finally:
-            await self._rewind(records, delivered)
-
-    async def _rewind(self, records: Any, delivered: dict[TP, int]) -> None:
-        """Seek every partition with undelivered records back to the first of them."""
+        for tp, record in self.scheduler.iterate(records):
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                # A rebalance or stop: Faust seeks every partition to its committed offset
+                # before the flow resumes, which re-reads whatever was not handed on.
+                return
+            if tp in held_back:
+                continue  # keep each partition in order: nothing after a skipped record
+            if (
+                active_partitions is None
+                or tp in active_partitions
+                or tp in self._buffered_partitions
+            ):
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, to_message(tp, record)
+            else:
+                held_back[tp] = record.offset
+        # Paused while its records waited: nothing else will ever re-read them.
         assigned = self.assignment()
-        for tp, recs in records.items():
-            if tp not in assigned:
-                continue  # revoked meanwhile: its next owner starts at the committed offset
-            last = delivered.get(tp)
-            for record in recs:
-                if last is None or record.offset > last:
-                    await self.seek(tp, record.offset)
-                    break
+        for tp, offset in held_back.items():
+            if tp in assigned:
+                await self.seek(tp, offset)

@@ -155,6 +155,21 @@ class Worker:
         raise AssertionError(f"timed out waiting on {path}; last answer: {body}\n{self.tail()}")
 
 
+def faust_cli(
+    env: Mapping[str, str], *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``python -m faust -A app <args>`` with ``env`` (e.g. ``Worker.env()``), output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def produce(
     bootstrap: str,
     topic: str,

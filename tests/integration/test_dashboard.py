@@ -16,8 +16,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +26,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
-from tests.integration.harness import REPO, Worker, produce, unique
+from tests.integration.harness import REPO, Worker, faust_cli, produce, unique
 
 pytestmark = pytest.mark.integration
 
@@ -176,15 +174,7 @@ def test_dashboard_renders_and_updates_live(worker: Worker, kafka: str, page: Pa
 
 def cli(env: dict[str, str], *args: str, timeout: float = 240) -> str:
     """``python -m faust -A app <args>``; its stdout, or a failed assertion."""
-    result = subprocess.run(
-        [sys.executable, "-m", "faust", "-A", "app", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    result = faust_cli(env, *args, timeout=timeout)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

@@ -11,24 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.harness import REPO, Worker, read_topic
+from tests.integration.harness import REPO, Worker, faust_cli, read_topic
 
 pytestmark = pytest.mark.integration
 
 DEMO = ["--scenario", "demo", "--seed", "11", "--count", "2000"]
 
 
-def cli(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """``python -m faust -A app <args>`` with ``env``; output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "faust", "-A", "app", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+cli = faust_cli
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

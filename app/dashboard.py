@@ -3,8 +3,9 @@
 This module owns the routes ``/`` (``app/static/index.html``), ``/static/{name}`` (the
 files of ``app/static/``, shipped with the package), ``/config`` (the settings the page
 shows: reorder point, window sizes, ...) and ``/dashboard/windows`` (closed and open
-tumbling windows summed over every SKU, for the chart). The page itself is plain HTML,
-CSS and JavaScript that polls the JSON endpoints every 1.5 s and updates in place.
+tumbling windows summed over every SKU of every worker, for the chart). The page itself is
+plain HTML, CSS and JavaScript that polls the JSON endpoints every 1.5 s and updates in
+place.
 
 Assets are served only by exact file name from a list made at import: a name that is
 not a file of ``app/static/`` (``..``, sub-folders, anything else) is a JSON 404.
@@ -12,6 +13,7 @@ not a file of ``app/static/`` (``..``, sub-folders, anything else) is a JSON 404
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from aiohttp import web as aioweb
 from app.events import format_ts
 from app.main import settings
 from app.rules import windows as w
-from app.web import error, int_query, json_response, route
+from app.web import error, gathered, int_query, json_response, merged, route
 from tables import windows
 from tables.base import items
 
@@ -138,6 +140,35 @@ def tumbling_totals(limit: int) -> list[dict[str, Any]]:
 async def window_totals(web: Any, request: Any) -> aioweb.Response:
     """``{"kind", "size", "windows": [...]}``: tumbling windows summed over SKUs, by start."""
     limit = int_query(request, "limit", CHART_WINDOWS, 1, 1000)
-    return json_response(
-        {"kind": "tumbling", "size": settings.tumbling_seconds, "windows": tumbling_totals(limit)}
-    )
+    local = {"kind": "tumbling", "size": settings.tumbling_seconds}
+    bodies = await gathered(request, {**local, "windows": tumbling_totals(limit)})
+    return merged(bodies, {**local, "windows": merge_totals(bodies, limit)})
+
+
+def merge_totals(bodies: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Several workers' tumbling totals as one: summed per window start, newest ``limit``.
+
+    Each worker sent its newest ``limit`` starts, so no start of the overall newest
+    ``limit`` is missing from a worker that has it.
+    """
+    if len(bodies) == 1:
+        return list(bodies[0]["windows"])
+    by_start: dict[str, dict[str, Any]] = {}
+    cents: dict[str, Decimal] = {}
+    for body in bodies:
+        for win in body["windows"]:
+            start = win["window_start"]
+            if start not in by_start:
+                by_start[start] = {**win}
+                cents[start] = Decimal(str(win["revenue"]))
+                continue
+            total = by_start[start]
+            total["orders"] += win["orders"]
+            total["units"] += win["units"]
+            total["skus"] += win["skus"]
+            total["closed"] = total["closed"] and win["closed"]
+            cents[start] += Decimal(str(win["revenue"]))
+    for start, total in by_start.items():
+        total["revenue"] = w.revenue_out(cents[start])
+    # ISO-8601 UTC strings of one format sort as the times they name.
+    return [by_start[start] for start in sorted(by_start)[-limit:]]

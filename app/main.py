@@ -59,6 +59,8 @@ app = StockTrackerApp(
     datadir=str(settings.data_dir),
     web_port=settings.web_port,
     web_bind=settings.web_host,
+    # Workers tell each other this URL when they join the group (app/cluster.py).
+    canonical_url=settings.advertised_url,
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
     processing_guarantee=settings.processing_guarantee,

@@ -8,6 +8,7 @@ what is allowed; ``app/__init__.py`` turns it into that one line on stderr and e
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,6 +38,12 @@ class Settings:
     """Port of the worker's HTTP server (views, dashboard)."""
     web_host: str = "0.0.0.0"
     """Interface the HTTP server binds to."""
+    web_advertised_url: str = ""
+    """How other workers reach this worker's HTTP server, ``http://host:port``; they
+    forward requests for keys this worker owns to it. Default: ``http://`` + WEB_HOST (or
+    this machine's host name when WEB_HOST is 0.0.0.0) + ``:`` + WEB_PORT."""
+    peer_timeout_seconds: float = 5.0
+    """Longest a worker waits for another worker when it routes or gathers a request."""
     topic_partitions: int = 4
     """Partitions of every topic the app creates; the unit of parallelism."""
     store_url: str = "rocksdb://"
@@ -124,8 +131,14 @@ class Settings:
         return ",".join(u.split("://", 1)[-1].rstrip("/") for u in self.broker_url.split(";"))
 
     @property
-    def web_url(self) -> str:
-        return f"http://localhost:{self.web_port}"
+    def advertised_url(self) -> str:
+        """WEB_ADVERTISED_URL, or the default it documents."""
+        if self.web_advertised_url:
+            return self.web_advertised_url
+        host = self.web_host
+        if host in {"0.0.0.0", "::", ""}:
+            host = socket.gethostname()
+        return f"http://{host}:{self.web_port}"
 
 
 def _int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
@@ -202,6 +215,16 @@ def _topic_prefix(name: str, raw: str) -> str:
     return raw
 
 
+def _http_url(name: str, raw: str) -> str:
+    scheme, sep, rest = raw.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if scheme not in {"http", "https"} or not sep or not colon or not host or "/" in host:
+        raise SettingsError(f"{name} must look like http://host:port, got {raw!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name} has no port in 1-65535: {raw!r}")
+    return raw.rstrip("/")
+
+
 def _port(name: str, raw: str) -> int:
     return _int(name, raw, minimum=1, maximum=65535)
 
@@ -216,6 +239,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "app_id": _app_id,
     "topic_prefix": _topic_prefix,
     "web_port": _port,
+    "web_advertised_url": _http_url,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
     "processing_guarantee": _literal(ProcessingGuarantee),
 }

@@ -2,10 +2,15 @@
 
 Errors are JSON too: unknown things 404, malformed requests 400, each ``{"error": ...}``;
 the middleware turns anything unexpected into a JSON answer instead of a traceback.
+
+With several workers any worker answers any request (``app/cluster.py``): a request about
+a SKU goes to the worker that owns it, lists and counts are gathered from every worker
+and merged here, an order is looked up here first and then on the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -14,6 +19,8 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from app import cluster
+from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
 from app.rules import windows as w
@@ -49,7 +56,12 @@ def error(status: int, message: str) -> aioweb.Response:
 @aioweb.middleware
 async def json_errors(request: aioweb.Request, handler: Handler) -> aioweb.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
+        if cluster.SERVED_BY_HEADER not in response.headers:
+            response.headers[cluster.SERVED_BY_HEADER] = cluster.self_url()
+        return response
+    except PeerError as exc:
+        return error(503, str(exc))
     except aioweb.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -101,6 +113,32 @@ def int_query(request: Any, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+async def routed(request: Any, sku: str, local: Callable[[], aioweb.Response]) -> aioweb.Response:
+    """``local()`` if this worker owns ``sku`` (or the request was forwarded here), else
+    the owner's answer, passed through."""
+    owner = None if cluster.is_forwarded(request) else cluster.owner_of(sku)
+    if owner is None:
+        return local()
+    status, body = await cluster.fetch(owner, request)
+    response = json_response(body, status)
+    response.headers[cluster.SERVED_BY_HEADER] = owner
+    return response
+
+
+async def gathered(request: Any, local: dict[str, Any]) -> list[dict[str, Any]]:
+    """This worker's ``local`` answer plus every other worker's, unless forwarded here."""
+    if cluster.is_forwarded(request):
+        return [local]
+    return [local, *await cluster.gather(request)]
+
+
+def merged(bodies: list[dict[str, Any]], body: dict[str, Any]) -> aioweb.Response:
+    response = json_response(body)
+    if len(bodies) > 1:
+        response.headers[cluster.SERVED_BY_HEADER] = "gathered"
+    return response
+
+
 def doc(table: Any, key: bytes) -> Any | None:
     raw = lookup(table, key)
     return None if raw is None else orjson.loads(raw)
@@ -136,10 +174,14 @@ async def health(web: Any, request: Any) -> aioweb.Response:
 @route("/stock/{sku}")
 async def stock_item(web: Any, request: Any, sku: str) -> aioweb.Response:
     sku = key_param(sku, "sku")
-    state = doc(sku_state, sku.encode())
-    if state is None:
-        return error(404, f"unknown sku: {sku}")
-    return json_response(stock_view(sku, state))
+
+    def local() -> aioweb.Response:
+        state = doc(sku_state, sku.encode())
+        if state is None:
+            return error(404, f"unknown sku: {sku}")
+        return json_response(stock_view(sku, state))
+
+    return await routed(request, sku, local)
 
 
 @route("/stock/")
@@ -152,29 +194,52 @@ async def stock_list(web: Any, request: Any) -> aioweb.Response:
     page = rows[:limit]
     body = [{"sku": sku, "level": orjson.loads(raw)["level"]} for sku, raw in page]
     more = len(rows) > limit
-    return json_response({"items": body, "next": page[-1][0] if more else None})
+    local = {"items": body, "next": page[-1][0] if more else None}
+    bodies = await gathered(request, local)
+    # Each worker sent its first ``limit`` SKUs after ``after``: the first ``limit`` of
+    # their union are the first ``limit`` overall.
+    every = sorted((i for b in bodies for i in b["items"]), key=lambda i: str(i["sku"]))
+    more = len(every) > limit or any(b["next"] is not None for b in bodies)
+    page_items = every[:limit]
+    next_sku = page_items[-1]["sku"] if more and page_items else None
+    return merged(bodies, {"items": page_items, "next": next_sku})
 
 
 @route("/orders/{order_id}")
 async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
     order_id = key_param(order_id, "order_id")
     record = doc(order_status, order_id.encode())
-    if record is None:
-        return error(404, f"unknown order_id: {order_id}")
-    return json_response(record)
+    if record is not None:
+        return json_response(record)
+    if not cluster.is_forwarded(request):
+        # Orders live with their SKU, which the id does not name: ask every worker.
+        others = [url for url in cluster.workers() if url != cluster.self_url()]
+        answers = await asyncio.gather(*(cluster.fetch(url, request) for url in others))
+        for url, (status, body) in zip(others, answers, strict=True):
+            if status == 200:
+                response = json_response(body)
+                response.headers[cluster.SERVED_BY_HEADER] = url
+                return response
+            if status != 404:
+                raise PeerError(f"worker {url} answered {status} to {request.path_qs}")
+    return error(404, f"unknown order_id: {order_id}")
 
 
 @route("/supplier-orders/{sku}")
 async def supplier_order_list(web: Any, request: Any, sku: str) -> aioweb.Response:
     sku = key_param(sku, "sku")
-    state = doc(sku_state, sku.encode())
-    if state is None:
-        return error(404, f"unknown sku: {sku}")
-    found = (
-        doc(supplier_orders, f"SO-{sku}-{n}".encode())
-        for n in range(state["supplier_orders_opened"], 0, -1)
-    )
-    return json_response({"sku": sku, "supplier_orders": [d for d in found if d is not None]})
+
+    def local() -> aioweb.Response:
+        state = doc(sku_state, sku.encode())
+        if state is None:
+            return error(404, f"unknown sku: {sku}")
+        found = (
+            doc(supplier_orders, f"SO-{sku}-{n}".encode())
+            for n in range(state["supplier_orders_opened"], 0, -1)
+        )
+        return json_response({"sku": sku, "supplier_orders": [d for d in found if d is not None]})
+
+    return await routed(request, sku, local)
 
 
 @route("/supplier-orders/")
@@ -185,8 +250,11 @@ async def open_supplier_orders(web: Any, request: Any) -> aioweb.Response:
         state = orjson.loads(raw)
         if state["open_order"] is not None:
             found.append(stock_view(key.decode(), state)["open_supplier_order"])
-    found.sort(key=lambda so: str(so["sku"]))
-    return json_response({"supplier_orders": found})
+    bodies = await gathered(request, {"supplier_orders": found})
+    every = sorted(
+        (so for b in bodies for so in b["supplier_orders"]), key=lambda so: str(so["sku"])
+    )
+    return merged(bodies, {"supplier_orders": every})
 
 
 @route("/windows/{sku}")
@@ -195,6 +263,10 @@ async def window_list(web: Any, request: Any, sku: str) -> aioweb.Response:
     kind = request.query.get("kind", "tumbling")
     if kind not in w.KINDS:
         return error(400, f"kind must be tumbling or hopping, got {kind!r}")
+    return await routed(request, sku, lambda: windows_of(sku, kind))
+
+
+def windows_of(sku: str, kind: str) -> aioweb.Response:
     spec = (
         w.tumbling(settings.tumbling_seconds)
         if kind == "tumbling"
@@ -253,7 +325,13 @@ def totals() -> dict[str, int]:
 
 @route("/stats")
 async def stats(web: Any, request: Any) -> aioweb.Response:
-    return json_response(totals())
+    """The counts summed over every worker (``workers`` says how many answered)."""
+    bodies = await gathered(request, {**totals(), "workers": 1})
+    summed: dict[str, int] = {}
+    for body in bodies:
+        for name, count in body.items():
+            summed[name] = summed.get(name, 0) + count
+    return merged(bodies, summed)
 
 
 @route("/recent")
@@ -271,6 +349,43 @@ async def recent(web: Any, request: Any) -> aioweb.Response:
         reverse=True,
     )
     dead = [d for _, raw in items(dead_letter_stats) for d in orjson.loads(raw)["recent"]]
+    local = {
+        "expedites": expedites[:20],
+        "window_results": results[:50],
+        "dead_letters": dead[:20],
+    }
+    bodies = await gathered(request, local)
+    if len(bodies) == 1:
+        return json_response(local)
+    return merged(
+        bodies,
+        {
+            "expedites": sorted(
+                (e for b in bodies for e in b["expedites"]),
+                key=lambda e: (e["window_start"], e["sku"]),
+                reverse=True,
+            )[:20],
+            "window_results": sorted(
+                (r for b in bodies for r in b["window_results"]),
+                key=lambda r: (r["window_end"], r["kind"], r["sku"]),
+                reverse=True,
+            )[:50],
+            "dead_letters": [d for b in bodies for d in b["dead_letters"]][:20],
+        },
+    )
+
+
+@route("/cluster")
+async def cluster_view(web: Any, request: Any) -> aioweb.Response:
+    """Which worker processes which partition of the SKU-keyed topic (and so which SKUs)."""
+    owners = cluster.partition_owners()
     return json_response(
-        {"expedites": expedites[:20], "window_results": results[:50], "dead_letters": dead[:20]}
+        {
+            "self": cluster.self_url(),
+            "partitions": settings.topic_partitions,
+            "workers": [
+                {"url": url, "partitions": sorted(p for p, u in owners.items() if u == url)}
+                for url in cluster.workers()
+            ],
+        }
     )

@@ -39,8 +39,11 @@ def worker_factory(kafka: str, tmp_path: Path) -> Iterator[type[Worker]]:
     """Build workers on the session broker; every one is stopped after the test."""
     made: list[Worker] = []
 
-    def make(**env: str) -> Worker:
+    def make(app_id: str | None = None, **env: str) -> Worker:
+        # Workers given the same app_id form one group on the same topics.
         w = Worker(kafka, tmp_path / f"w{len(made)}", env_extra=env)
+        if app_id is not None:
+            w.app_id = app_id
         made.append(w)
         return w
 

@@ -131,17 +131,22 @@ class Worker:
 
     def get(self, path: str) -> tuple[int, Any]:
         """GET ``path``: (status, parsed JSON body); status 0 when nothing answers."""
+        status, body, _ = self.request(path)
+        return status, body
+
+    def request(self, path: str) -> tuple[int, Any, Mapping[str, str]]:
+        """GET ``path``: (status, parsed JSON body, headers); status 0 when nothing answers."""
         try:
             with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"null")
+                return r.status, json.loads(r.read() or b"null"), dict(r.headers)
         except urllib.error.HTTPError as e:
             body = e.read()
             try:
-                return e.code, json.loads(body)
+                return e.code, json.loads(body), dict(e.headers)
             except ValueError:
-                return e.code, body.decode(errors="replace")
+                return e.code, body.decode(errors="replace"), dict(e.headers)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, None
+            return 0, None, {}
 
     def wait_for(self, path: str, predicate: Any, timeout_s: float = 60.0) -> Any:
         """Poll ``path`` until ``predicate(body)`` holds; return the body."""

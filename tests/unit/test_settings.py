@@ -1,0 +1,99 @@
+"""Settings: defaults, parsing, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_contracts() -> None:
+    s = Settings.from_env({})
+    assert s.broker_url == "kafka://localhost:9092"
+    assert s.web_port == 6066
+    assert (s.reorder_point, s.reorder_target) == (20, 100)
+    assert (s.tumbling_seconds, s.hopping_seconds, s.hopping_step_seconds) == (60, 300, 60)
+    assert (s.window_grace_seconds, s.expedite_threshold) == (10, 2)
+    assert s.processing_guarantee == "exactly_once"
+
+
+def test_values_are_parsed_and_blank_means_default() -> None:
+    s = Settings.from_env(
+        {
+            "BROKER_URL": "localhost:9093",
+            "WEB_PORT": " 7000 ",
+            "REORDER_POINT": "0",
+            "PROCESSING_GUARANTEE": "AT_LEAST_ONCE",
+            "TUMBLING_SECONDS": "",
+            "WEB_ADVERTISED_URL": "http://worker-2:7000/",
+            "PEER_TIMEOUT_SECONDS": "1.5",
+        }
+    )
+    assert s.broker_url == "kafka://localhost:9093"
+    assert s.web_port == 7000 and s.reorder_point == 0
+    assert s.processing_guarantee == "at_least_once"
+    assert s.tumbling_seconds == 60
+    assert s.advertised_url == "http://worker-2:7000"
+    assert s.peer_timeout_seconds == 1.5
+
+
+def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
+    assert Settings.from_env({"WEB_HOST": "127.0.0.1", "WEB_PORT": "7001"}).advertised_url == (
+        "http://127.0.0.1:7001"
+    )
+    assert Settings.from_env({}).advertised_url.endswith(":6066")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEB_PORT", "x"),
+        ("WEB_PORT", "70000"),
+        ("BROKER_URL", "http://localhost:9092"),
+        ("BROKER_URL", "localhost"),
+        ("TOPIC_PARTITIONS", "0"),
+        ("STORE_URL", "redis://"),
+        ("APP_ID", "has space"),
+        ("TOPIC_PREFIX", "a/b"),
+        ("REORDER_POINT", "-1"),
+        ("REORDER_TARGET", "5"),
+        ("TUMBLING_SECONDS", "1.5"),
+        ("HOPPING_STEP_SECONDS", "7"),
+        ("WINDOW_GRACE_SECONDS", "soon"),
+        ("EXPEDITE_THRESHOLD", "-3"),
+        ("PROCESSING_GUARANTEE", "maybe"),
+        ("WEB_ADVERTISED_URL", "worker-2:7000"),
+        ("WEB_ADVERTISED_URL", "http://worker-2"),
+        ("PEER_TIMEOUT_SECONDS", "0"),
+        ("BATCH_WINDOW_S", "inf"),
+    ],
+)
+def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    message = str(info.value)
+    assert name in message and "\n" not in message
+
+
+def test_the_worker_stops_at_start_with_one_line() -> None:
+    env = dict(os.environ, WEB_PORT="x", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", "worker"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "stock-tracker: bad setting: WEB_PORT must be an integer between 1 and 65535, got 'x'"
+    ]

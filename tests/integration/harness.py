@@ -76,6 +76,9 @@ class Worker:
                 "WEB_HOST": "127.0.0.1",
                 "DATA_DIR": str(self.workdir / "data"),
                 "TOPIC_PARTITIONS": "4",
+                # Explicit, so nothing of the test process's own environment leaks in
+                # (the agent tests build their app with memory://).
+                "STORE_URL": "rocksdb://",
                 "PYTHONPATH": str(REPO),
             }
         )

@@ -513,35 +513,17 @@ def inject_summary(report: InjectReport, args: StreamArgs, conf: Settings) -> st
 )
 async def inject(
     self: Any,
-    scenario: str | None,
-    file: str | None,
-    seed: str,
-    count: str | None,
-    duration: str | None,
-    time_mode: str,
-    start: str | None,
-    speedup: str | None,
-    skus: str | None,
     rate: str | None,
     pace: str,
     gap: str,
     sync_timeout: str,
     write: str | None,
     quiet: bool,
+    **stream: Any,
 ) -> None:
     """Produce a scripted scenario (or replay a JSONL file) to the orders and stock topics."""
     try:
-        args = parse_stream_args(
-            scenario=scenario,
-            file=file,
-            seed=seed,
-            count=count,
-            duration=duration,
-            time_mode=time_mode,
-            start=start,
-            speedup=speedup,
-            skus=skus,
-        )
+        args = parse_stream_args(**stream)  # the _STREAM_OPTIONS
         rate_value = _number("--rate", rate)
         if pace not in PACE_MODES:
             raise UsageProblem(f"--pace must be one of {', '.join(PACE_MODES)}, got {pace!r}")
@@ -1112,32 +1094,14 @@ def mismatch_table(mismatches: list[Mismatch], limit: int = 40) -> str:
 )
 async def expect(
     self: Any,
-    scenario: str | None,
-    file: str | None,
-    seed: str,
-    count: str | None,
-    duration: str | None,
-    time_mode: str,
-    start: str | None,
-    speedup: str | None,
-    skus: str | None,
     as_json: bool,
     check: str | None,
     timeout: str,
+    **stream: Any,
 ) -> None:
     """Print what a worker must end up with after reading a scenario; --check compares."""
     try:
-        args = parse_stream_args(
-            scenario=scenario,
-            file=file,
-            seed=seed,
-            count=count,
-            duration=duration,
-            time_mode=time_mode,
-            start=start,
-            speedup=speedup,
-            skus=skus,
-        )
+        args = parse_stream_args(**stream)  # the _STREAM_OPTIONS
         timeout_s = _number("--timeout", timeout)
         if check is not None and not check.startswith(("http://", "https://")):
             raise UsageProblem(f"--check must be an http:// URL, got {check!r}")

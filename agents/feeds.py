@@ -12,43 +12,49 @@ from typing import Any
 import orjson
 
 from app import topics
+from app.events import format_ts
 from app.main import app, settings
+from app.rules.dead_letters import count_dead_letter, empty_summary
 from app.transaction import Batch, commit
 from tables import dead_letter_stats
 from tables.base import get
-from tables.restore import restore_partition
+from tables.restore import Restorer
 
-RECENT_DEAD_LETTERS = 20
-_restored: set[int] = set()
+restorer = Restorer(
+    topics.dead_letters.get_topic_name(), (dead_letter_stats,), settings.broker_host_ports
+)
 
 
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-    _restored.difference_update(tp.partition for tp in revoked)
+    restorer.forget(tp.partition for tp in revoked if tp.topic == restorer.topic)
+
+
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
+async def _on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+    restorer.prefetch(tp.partition for tp in assigned if tp.topic == restorer.topic)
 
 
 @app.agent(topics.dead_letters, name="dead-letter-stats")
 async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
     """dead-letters -> dead-letter-stats (count and the latest few, per partition)."""
-    async for event in stream.events():  # type: ignore[attr-defined]
-        message = event.message
-        if message.partition not in _restored:
-            tables = (dead_letter_stats,)
-            await restore_partition(tables, message.partition, settings.broker_host_ports)
-            _restored.add(message.partition)
-        key = b"p%d" % message.partition
-        raw = get(dead_letter_stats, key, message.partition)
-        doc: dict[str, Any] = orjson.loads(raw) if raw else {"count": 0, "recent": []}
-        letter = orjson.loads(message.value)
-        # Count each rejected input message once, even if ingest dead-lettered it again
-        # after re-reading its input (per input partition, offsets only grow).
-        source = f"{letter['source_topic']}/{letter['partition']}"
-        watermarks: dict[str, int] = doc.setdefault("watermarks", {})
-        if letter["offset"] > watermarks.get(source, -1):
-            watermarks[source] = letter["offset"]
-            doc["count"] += 1
-            doc["recent"] = [letter, *doc["recent"]][:RECENT_DEAD_LETTERS]
-        batch = Batch(table_partition=message.partition)
-        batch.consumed(message.tp, message.offset)
-        batch.put(dead_letter_stats, key, orjson.dumps(doc))
-        await commit(batch, source=message.tp)
+    take = stream.take_events(settings.batch_size, within=settings.batch_window_s)  # type: ignore[attr-defined]
+    async for events in take:
+        by_partition: dict[int, list[Any]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        # One read, one write and one transaction per partition per batch.
+        for partition, group in by_partition.items():
+            while not await restorer.ensure(partition):
+                pass
+            key = b"p%d" % partition
+            raw = get(dead_letter_stats, key, partition)
+            summary = orjson.loads(raw) if raw else empty_summary()
+            batch = Batch(table_partition=partition)
+            for event in group:
+                message = event.message
+                letter = orjson.loads(message.value)
+                count_dead_letter(summary, letter, format_ts(message.timestamp))
+                batch.consumed(message.tp, message.offset)
+            batch.put(dead_letter_stats, key, orjson.dumps(summary))
+            await commit(batch, source=group[0].message.tp)

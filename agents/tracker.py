@@ -32,7 +32,7 @@ from app.rules.stock import apply_order, apply_stock
 from app.transaction import Batch, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import get, items
-from tables.restore import restore_partition
+from tables.restore import Restorer
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
@@ -74,14 +74,20 @@ _runtimes: dict[int, PartitionRuntime] = {}
 TABLES = (sku_state, supplier_orders, order_status, seen_ids, windows, partition_state)
 
 
+def _rebuilt(partition: int) -> None:
+    _runtimes[partition] = rebuild(partition)
+
+
+restorer = Restorer(
+    topics.events_by_sku.get_topic_name(), TABLES, settings.broker_host_ports, _rebuilt
+)
+"""Restores this agent's partitions on assignment, and rebuilds their runtimes."""
+
+
 async def runtime_for(partition: int) -> PartitionRuntime:
-    """The partition's runtime; the first time, restore its tables and rebuild it."""
-    rt = _runtimes.get(partition)
-    if rt is None:
-        app.log.info("Restoring partition %d", partition)
-        n = await restore_partition(TABLES, partition, settings.broker_host_ports)
-        rt = _runtimes[partition] = rebuild(partition)
-        app.log.info("Partition %d restored from %d changelog records", partition, n)
+    """The partition's runtime; restores its tables and rebuilds it if needed."""
+    while (rt := _runtimes.get(partition)) is None:
+        await restorer.ensure(partition)
     return rt
 
 
@@ -120,6 +126,7 @@ def rebuild(partition: int) -> PartitionRuntime:
 
 
 def forget_partitions(partitions: set[int]) -> None:
+    restorer.forget(partitions)
     for p in partitions:
         _runtimes.pop(p, None)
 
@@ -127,8 +134,15 @@ def forget_partitions(partitions: set[int]) -> None:
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     # Another worker may process these partitions next; our in-memory view would be stale
-    # if they come back, so drop it and rebuild from the tables on the next batch.
-    forget_partitions({tp.partition for tp in revoked})
+    # if they come back, so drop it and rebuild from the tables when they do.
+    forget_partitions({tp.partition for tp in revoked if tp.topic == restorer.topic})
+
+
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
+async def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+    # Restore now, not at the first batch: a partition that gets no new input must
+    # still be served (and counted in /stats) right after a restart or a takeover.
+    restorer.prefetch(tp.partition for tp in assigned if tp.topic == restorer.topic)
 
 
 def sku_key(sku: str) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 import orjson
@@ -24,7 +24,7 @@ from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
 from app.rules import windows as w
-from app.topics import sku_partition
+from app.topics import events_by_sku, sku_partition
 from tables import (
     dead_letter_stats,
     order_status,
@@ -34,6 +34,7 @@ from tables import (
     windows,
 )
 from tables.base import items, lookup
+from tables.restore import unrestored
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ async def routed(request: Any, sku: str, local: Callable[[], aioweb.Response]) -
     the owner's answer, passed through."""
     owner = None if cluster.is_forwarded(request) else cluster.owner_of(sku)
     if owner is None:
+        partition = sku_partition(sku)
+        if (events_by_sku.get_topic_name(), partition) in unrestored(assigned()):
+            return error(503, f"partition {partition} is being restored here; try again shortly")
         return local()
     status, body = await cluster.fetch(owner, request)
     response = json_response(body, status)
@@ -162,13 +166,22 @@ def stock_view(sku: str, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def assigned() -> set[Any]:
+    consumer: Any = app.consumer
+    return set(consumer.assignment())
+
+
 @route("/health")
 async def health(web: Any, request: Any) -> aioweb.Response:
-    # Ready once the tables are recovered and the agents consume; 503 until then.
+    # Ready once Faust's recovery is done and every assigned partition is restored.
     recovery: Any = app.tables
-    if recovery.recovery.completed.is_set():
-        return json_response({"status": "ok"})
-    return json_response({"status": "starting"}, status=503)
+    if not recovery.recovery.completed.is_set():
+        return json_response({"status": "starting"}, status=503)
+    pending = unrestored(assigned())
+    if pending:
+        restoring = [f"{topic}[{partition}]" for topic, partition in pending]
+        return json_response({"status": "restoring", "partitions": restoring}, status=503)
+    return json_response({"status": "ok"})
 
 
 @route("/stock/{sku}")
@@ -334,44 +347,49 @@ async def stats(web: Any, request: Any) -> aioweb.Response:
     return merged(bodies, summed)
 
 
+def newest(
+    expedites: Iterable[dict[str, Any]],
+    results: Iterable[dict[str, Any]],
+    dead_letters: Iterable[dict[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``/recent`` answer: the latest of each, newest first, however many sources."""
+    return {
+        "expedites": sorted(expedites, key=lambda e: (e["window_start"], e["sku"]), reverse=True)[
+            :20
+        ],
+        "window_results": sorted(
+            results, key=lambda r: (r["window_end"], r["kind"], r["sku"]), reverse=True
+        )[:50],
+        "dead_letters": sorted(
+            dead_letters,
+            key=lambda d: (
+                d.get("dead_lettered_at", ""),
+                d["source_topic"],
+                d["partition"],
+                d["offset"],
+            ),
+            reverse=True,
+        )[:20],
+    }
+
+
 @route("/recent")
 async def recent(web: Any, request: Any) -> aioweb.Response:
     """The latest expedites, window results and dead letters, newest first (dashboard)."""
     metas = partition_docs()
-    expedites = sorted(
+    local = newest(
         (e for m in metas for e in m.get("recent_expedites", [])),
-        key=lambda e: (e["window_start"], e["sku"]),
-        reverse=True,
-    )
-    results = sorted(
         (r for m in metas for r in m.get("recent_results", [])),
-        key=lambda r: (r["window_end"], r["kind"], r["sku"]),
-        reverse=True,
+        (d for _, raw in items(dead_letter_stats) for d in orjson.loads(raw)["recent"]),
     )
-    dead = [d for _, raw in items(dead_letter_stats) for d in orjson.loads(raw)["recent"]]
-    local = {
-        "expedites": expedites[:20],
-        "window_results": results[:50],
-        "dead_letters": dead[:20],
-    }
     bodies = await gathered(request, local)
-    if len(bodies) == 1:
-        return json_response(local)
     return merged(
         bodies,
-        {
-            "expedites": sorted(
-                (e for b in bodies for e in b["expedites"]),
-                key=lambda e: (e["window_start"], e["sku"]),
-                reverse=True,
-            )[:20],
-            "window_results": sorted(
-                (r for b in bodies for r in b["window_results"]),
-                key=lambda r: (r["window_end"], r["kind"], r["sku"]),
-                reverse=True,
-            )[:50],
-            "dead_letters": [d for b in bodies for d in b["dead_letters"]][:20],
-        },
+        newest(
+            (e for b in bodies for e in b["expedites"]),
+            (r for b in bodies for r in b["window_results"]),
+            (d for b in bodies for d in b["dead_letters"]),
+        ),
     )
 
 

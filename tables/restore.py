@@ -1,12 +1,17 @@
 """Rebuilding a partition of the tables from their changelogs, read_committed.
 
-A worker does this before it processes a partition it was just given. Faust recovers
-tables too, but only the partitions its assignor calls active and up to end offsets it
-reads once: right after a SIGKILL its view can be wrong (we saw it read every changelog
-as empty while a dead worker's transaction was still open, and start from nothing). So
-the agents that keep state restore their own partitions here, and wait first until no
-transaction is open on those changelogs, so what they read is exactly what was
-committed.
+A worker does this for every partition it is given, as soon as it is given it, and
+before it processes or serves it. Faust recovers tables too, but only the partitions its
+assignor calls active and up to end offsets it reads once: right after a SIGKILL its
+view can be wrong (we saw it read every changelog as empty while a dead worker's
+transaction was still open, and start from nothing, and we saw it leave an older value
+of a key in place). So the agents that keep state restore their own partitions here,
+and wait first until no transaction is open on those changelogs, so what they read is
+exactly what was committed.
+
+:class:`Restorer` does it once per assignment of a partition: eagerly when the
+partition is assigned (so a partition that gets no new input is still served right
+after a restart or a takeover), or on demand when an agent needs it first.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -94,3 +99,92 @@ async def _stable_end_offsets(
             log.warning("Changelogs still have open transactions; restoring what is stable")
             return dict(stable)
         await asyncio.sleep(0.2)
+
+
+RESTORERS: list[Restorer] = []
+"""Every restorer of the app (for readiness: ``/health``, HTTP reads)."""
+
+
+def unrestored(assigned: Iterable[Any]) -> list[tuple[str, int]]:
+    """The (topic, partition)s of ``assigned`` TPs whose tables are not restored yet."""
+    by_topic = {r.topic: r for r in RESTORERS}
+    return sorted(
+        (tp.topic, tp.partition)
+        for tp in assigned
+        if tp.topic in by_topic and not by_topic[tp.topic].is_ready(tp.partition)
+    )
+
+
+class Restorer:
+    """Restores partitions of some tables once per assignment, eagerly or on demand.
+
+    ``on_restored(partition)`` runs right after a restore, before the partition counts
+    as ready (an agent rebuilds its in-memory state there). A partition revoked while
+    it is being restored does not become ready: its next use restores it again.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        tables: Sequence[Any],
+        bootstrap: str,
+        on_restored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.topic = topic
+        """The input topic whose partitions these table partitions belong to."""
+        self.tables = tables
+        self.bootstrap = bootstrap
+        self.on_restored = on_restored
+        self._ready: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._generation: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        RESTORERS.append(self)
+
+    def is_ready(self, partition: int) -> bool:
+        return partition in self._ready
+
+    async def ensure(self, partition: int) -> bool:
+        """Restore ``partition`` unless it is ready; whether it is ready afterwards."""
+        if partition in self._ready:
+            return True
+        generation = self._generation.get(partition, 0)
+        lock = self._locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            if partition in self._ready:
+                return True
+            if self._generation.get(partition, 0) != generation:
+                return False
+            log.info("Restoring partition %d of %s", partition, self._names())
+            n = await restore_partition(self.tables, partition, self.bootstrap)
+            if self._generation.get(partition, 0) != generation:
+                log.info("Partition %d was revoked while it was restored", partition)
+                return False
+            if self.on_restored is not None:
+                self.on_restored(partition)
+            self._ready.add(partition)
+            log.info("Partition %d restored from %d changelog records", partition, n)
+            return True
+
+    def prefetch(self, partitions: Iterable[int]) -> None:
+        """Start restoring ``partitions`` in the background (on assignment)."""
+        for partition in partitions:
+            task = asyncio.ensure_future(self._prefetch(partition))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _prefetch(self, partition: int) -> None:
+        try:
+            await self.ensure(partition)
+        except Exception:
+            # The agent's own call to ensure() retries and fails loudly if it must.
+            log.exception("Background restore of partition %d failed", partition)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """The partitions were revoked (or their state is in doubt): restore them again."""
+        for partition in partitions:
+            self._ready.discard(partition)
+            self._generation[partition] = self._generation.get(partition, 0) + 1
+
+    def _names(self) -> str:
+        return ", ".join(t.name for t in self.tables)

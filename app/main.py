@@ -80,6 +80,8 @@ app = StockTrackerApp(
     # Standby replicas would make a worker hold changelog partitions it does not
     # process; with exactly-once every worker rebuilds its actives instead.
     table_standby_replicas=0,
+    # Tables are restored by tables/restore.py, not by Faust's recovery.
+    TableManager="tables.restore:OwnRestoreTableManager",
     web_enabled=True,
     logging_config=None,
 )

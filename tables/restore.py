@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 
 from tables.base import items, put
 
@@ -188,3 +190,27 @@ class Restorer:
 
     def _names(self) -> str:
         return ", ".join(t.name for t in self.tables)
+
+
+class OwnRestoreRecovery(Recovery):
+    """Faust's table recovery, minus reading the changelogs into the stores.
+
+    Every partition is restored by :class:`Restorer` anyway, correctly (read_committed,
+    after open transactions end), so Faust's pass would only cost time: after a SIGKILL
+    it waits about ten seconds for records of the dead worker's aborted transaction.
+    Everything else (pausing and resuming partitions, seeking to committed offsets,
+    the rebalance signals) stays Faust's.
+    """
+
+    def need_recovery(self) -> bool:
+        return False
+
+
+class OwnRestoreTableManager(TableManager):
+    """Faust's table manager with :class:`OwnRestoreRecovery` (``TableManager`` setting)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = OwnRestoreRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery

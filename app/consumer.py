@@ -15,19 +15,22 @@ it). Two things went wrong with that:
    still delivering what it fetched) leaves the rest of that batch stale: Faust goes on
    delivering it, moving the read offset *ahead* of the new position, and then drops
    the re-fetched records below it as "already read". A crash soak lost whole envelopes
-   of the SKU-keyed topic this way (Faust's log: ``DROPPED MESSAGE ROFF``).
+   of the SKU-keyed topic and runs of orders this way (Faust: ``DROPPED MESSAGE ROFF``).
 
 Here a partition whose records were held back because it was paused is sought back to
 the first of them once the batch is handed on, and a partition sought while its batch
 is being handed on gets none of the rest of that batch (its new position re-reads
-them), so the read offset never runs ahead of the position. A stopped flow or a new
-generation is left to Faust, which then seeks every partition to its committed offset.
-Everything else is Faust's code unchanged.
+them), so the read offset never runs ahead of the position. For that every seek marks
+its partitions the moment the position moves, which for ``seek_to_committed`` means
+reading all committed offsets first and then moving every position in one call. A
+stopped flow or a new generation is left to Faust, which then seeks every partition to
+its committed offset. Everything else is Faust's code unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -39,21 +42,88 @@ class GaplessConsumer(AIOKafkaConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._all_seeks = 0
-        """Bumped by every seek of all partitions (``perform_seek``)."""
         self._seeks: dict[TP, int] = {}
-        """Partition -> how often it was sought on its own."""
+        """Partition -> how often its position was moved by a seek."""
+        self._targets: dict[TP, int | None] = {}
+        """Partition -> where its last seek put it (None: nothing committed)."""
+        self._holding = False
+        self._held_resumes: set[TP] = set()
 
-    def _seek_mark(self, tp: TP) -> tuple[int, int]:
-        return self._all_seeks, self._seeks.get(tp, 0)
+    @contextmanager
+    def resumes_after_seek(self) -> Iterator[None]:
+        """Within: ``resume_partitions`` waits for the next ``perform_seek`` to finish.
 
-    async def seek(self, partition: TP, offset: int) -> None:
-        self._seeks[partition] = self._seeks.get(partition, 0) + 1
-        await super().seek(partition, offset)
+        Faust's recovery resumes the stream partitions and *then* seeks them to their
+        committed offsets; records fetched in between would be stale the moment the seek
+        lands (see the module docstring). Recovery runs its completion inside this, so
+        the partitions start fetching only from the positions the seek sets.
+        """
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            self._release_resumes()
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        if self._holding:
+            self._held_resumes.update(tps)
+            return
+        super().resume_partitions(tps)
+
+    def _release_resumes(self) -> None:
+        held, self._held_resumes = self._held_resumes, set()
+        if held:
+            super().resume_partitions(held)
 
     async def perform_seek(self) -> None:
-        self._all_seeks += 1
         await super().perform_seek()
+        self._release_resumes()
+
+    def _seek_mark(self, tp: TP) -> int:
+        return self._seeks.get(tp, 0)
+
+    def _sought(self, tp: TP, offset: int | None) -> None:
+        self._seeks[tp] = self._seeks.get(tp, 0) + 1
+        self._targets[tp] = offset
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        # Faust's driver seeks synchronously from this loop: nothing ran in between.
+        self._sought(partition, offset or None)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's ``seek_to_committed``, with every position moved at once.
+
+        aiokafka's own version seeks one partition after another, with a request to the
+        group coordinator between two seeks, so the drain loop could fetch fresh records
+        of a partition already sought and take them for stale ones. Here the committed
+        offsets are read first, then all partitions are sought in one call on the
+        consumer's thread, and marked sought as soon as that call returns, before the
+        drain loop (which runs on this loop) can look at another record.
+        """
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+
+        async def read_committed() -> dict[Any, int | None]:
+            return {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+
+        committed: dict[Any, int | None] = await thread.call_thread(read_committed)
+
+        async def seek_all() -> list[tuple[Any, int]]:
+            assigned = consumer.assignment()
+            moved = []
+            for tp, offset in committed.items():
+                # As aiokafka: no committed offset leaves the position where it is.
+                if offset and offset > 0 and tp in assigned:
+                    consumer.seek(tp, offset)
+                    moved.append((tp, offset))
+            return moved
+
+        for tp, offset in await thread.call_thread(seek_all):
+            self._sought(TP(tp.topic, tp.partition), offset)
+        # None for "nothing committed", as aiokafka returns and Faust's perform_seek expects.
+        return {TP(tp.topic, tp.partition): o for tp, o in committed.items()}  # type: ignore[misc]
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         records, active_partitions = await self._wait_next_records(timeout)
@@ -84,6 +154,10 @@ class GaplessConsumer(AIOKafkaConsumer):
             ):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 yield tp, to_message(tp, record)
+                if self._seek_mark(tp) != fetched_at[tp]:
+                    # Sought while this record was being handed on: Faust has just moved
+                    # the read offset to it, past where the seek put the partition.
+                    self._read_offset[tp] = self._targets.get(tp)
             else:
                 held_back[tp] = record.offset
         # Paused while its records waited: nothing else will ever re-read them.

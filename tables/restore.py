@@ -193,7 +193,8 @@ class Restorer:
 
 
 class OwnRestoreRecovery(Recovery):
-    """Faust's table recovery, minus reading the changelogs into the stores.
+    """Faust's table recovery, minus reading the changelogs into the stores, and with
+    the stream partitions sought before they resume.
 
     Every partition is restored by :class:`Restorer` anyway, correctly (read_committed,
     after open transactions end), so Faust's pass would only cost time: after a SIGKILL
@@ -204,6 +205,18 @@ class OwnRestoreRecovery(Recovery):
 
     def need_recovery(self) -> bool:
         return False
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        # Seek the stream partitions to their committed offsets *before* they resume
+        # fetching, not after (app/consumer.py explains what the other order loses).
+        consumer: Any = self.app.consumer
+        with consumer.resumes_after_seek():
+            await super().on_recovery_completed(generation_id)
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        consumer: Any = self.app.consumer
+        with consumer.resumes_after_seek():
+            await super()._resume_streams(generation_id)
 
 
 class OwnRestoreTableManager(TableManager):

@@ -6,6 +6,13 @@ with the pure rules (duplicates, stock levels, supplier orders, windows), then w
 each changed key once, every output message, and the input offset in one Kafka
 transaction (app/transaction.py).
 
+The envelopes do not go through a Faust stream: the consumer's batch tap
+(app/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
+partition. Faust would only add its per-message cost and an ack/gap bookkeeping that
+grows without bound on this transactional topic (offsets commit in our own transactions,
+never Faust's). The partitions of one fetch are independent, so their transactions
+commit concurrently.
+
 Per partition it also keeps in memory what the rules need between batches: the duplicate
 memory's expiry heap and the open windows. Both are rebuilt from the tables the first
 time a partition is processed after it is assigned, so a restart or rebalance resumes
@@ -14,8 +21,9 @@ exactly where the last committed batch left off.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from collections.abc import AsyncIterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,6 +32,7 @@ import orjson
 from faust.types import TP
 
 from app import topics
+from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
@@ -369,10 +378,11 @@ class BatchProcessor:
         self.batch.put(partition_state, partition_state_key(self.partition), orjson.dumps(meta))
 
 
-def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
-    """Apply one envelope (see agents/ingest.py): rows in arrival order."""
+def apply_envelope(proc: BatchProcessor, value: bytes) -> int:
+    """Apply one envelope (see agents/ingest.py): rows in arrival order; return how many."""
     orders_topic, stock_topic = topics.orders.get_topic_name(), topics.stock.get_topic_name()
-    for row in orjson.loads(value):
+    rows = orjson.loads(value)
+    for row in rows:
         proc.src_partition = row.pop()
         if row[0] == "o":
             proc.src_topic = orders_topic
@@ -380,41 +390,76 @@ def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
         else:
             proc.src_topic = stock_topic
             proc.stock(row)
+    return len(rows)
 
 
-def process(rt: PartitionRuntime, events: list[Any]) -> Batch:
-    """Apply the envelopes of one partition; return everything they write, staged."""
-    partition = rt.partition
-    batch = Batch(table_partition=partition)
-    proc = BatchProcessor(rt, batch)
+def start(rt: PartitionRuntime) -> BatchProcessor:
+    """A new batch of the partition."""
+    return BatchProcessor(rt, Batch(table_partition=rt.partition))
+
+
+def apply(proc: BatchProcessor, record: Any) -> int:
+    """Apply one envelope record; return how many events it held."""
     try:
-        for event in events:
-            message = event.message
-            batch.consumed(message.tp, message.offset)
-            apply_envelope(proc, message.value)
-        proc.finish()
+        n = apply_envelope(proc, record.value)
     except Exception:
         # Our own envelopes are valid by construction; if one is not, drop the
         # in-memory state (it may be half-applied) and stop rather than guess.
-        forget_partitions({partition})
+        forget_partitions({proc.partition})
         raise
-    return batch
+    proc.batch.consumed(TP(record.topic, record.partition), record.offset)
+    return n
 
 
-@app.agent(topics.events_by_sku, name="tracker")
-async def tracker(stream: AsyncIterable[Any]) -> None:
+def finish(proc: BatchProcessor) -> Batch:
+    try:
+        proc.finish()
+    except Exception:
+        forget_partitions({proc.partition})
+        raise
+    return proc.batch
+
+
+async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], bool]) -> None:
+    """Apply and commit the envelopes of one partition: one transaction per
+    ``BATCH_SIZE`` events or ``BATCH_ENVELOPES`` envelopes, whichever comes first."""
+    proc: BatchProcessor | None = None
+    events = envelopes = 0
+    for record in records:
+        if proc is None:
+            rt = _runtimes.get(tp.partition)
+            if rt is None or not current():
+                return  # revoked meanwhile: Faust seeks back to the committed offset
+            proc = start(rt)
+        events += apply(proc, record)
+        envelopes += 1
+        if events >= settings.batch_size or envelopes >= settings.batch_envelopes:
+            await _commit(tp, finish(proc))
+            proc, events, envelopes = None, 0, 0
+    if proc is not None:
+        await _commit(tp, finish(proc))
+
+
+async def _commit(tp: TP, batch: Batch) -> None:
+    try:
+        await commit(batch, source=tp)
+    except BaseException:
+        # The in-memory runtime already holds this batch; Kafka may not.
+        forget_partitions({tp.partition})
+        raise
+
+
+async def tracker(records: Records, current: Callable[[], bool]) -> None:
     """events-by-sku -> tables + order-status, stock-levels, supplier-orders, expedites,
-    window-results."""
-    take = stream.take_events(settings.batch_envelopes, within=settings.batch_window_s)  # type: ignore[attr-defined]
-    async for events in take:
-        by_partition: dict[int, list[Any]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
-        for partition, group in by_partition.items():
-            batch = process(await runtime_for(partition), group)
-            try:
-                await commit(batch, source=group[0].message.tp)
-            except BaseException:
-                # The in-memory runtime already holds this batch; Kafka may not.
-                forget_partitions({partition})
-                raise
+    window-results: one fetch at once, the partitions' transactions concurrently."""
+    # The first batch after an assignment restores each partition's tables; they are
+    # independent, so restore them concurrently.
+    await asyncio.gather(*(runtime_for(tp.partition) for tp in records))
+    if not current():
+        return  # a rebalance while restoring: these records may belong to another worker
+    await asyncio.gather(*(track_partition(tp, recs, current) for tp, recs in records.items()))
+
+
+# Subscribed without a stream: the consumer hands its records to ``tracker``.
+app.topics.add(topics.events_by_sku)
+tap(topics.events_by_sku.get_topic_name(), tracker)

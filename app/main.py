@@ -69,6 +69,8 @@ app = StockTrackerApp(
     broker_commit_every=1 << 40,
     broker_commit_interval=1e9,
     stream_wait_empty=False,
+    # Ingest and the tracker get one fetch per batch (app/consumer.py's batch tap).
+    broker_max_poll_records=settings.batch_size,
     # A worker killed with SIGKILL never leaves the group; the broker notices after the
     # session timeout, and a restarted worker waits that long in its first rebalance.
     broker_session_timeout=10.0,

@@ -9,8 +9,8 @@ next input offsets, then ``commit_transaction``. A crash at any point leaves eit
 of the batch or none of it; read_committed readers (including table recovery) never see
 half a batch.
 
-In ``at_least_once`` mode the same batch is produced with the plain producer and Faust
-commits offsets as usual; the rules' duplicate memory then absorbs replays.
+In ``at_least_once`` mode the same batch is produced with the plain producer, then its
+input offsets are committed; the rules' duplicate memory then absorbs replays.
 """
 
 from __future__ import annotations
@@ -140,3 +140,8 @@ async def _commit_plain(batch: Batch) -> None:
     ]
     for fut in futures:
         await fut
+    if batch.sources:
+        # Faust commits only what its streams acknowledged, and the tapped topics
+        # (app/consumer.py) have no streams: their offsets are committed here.
+        consumer: Any = app.consumer
+        await consumer._commit(batch.sources)

@@ -71,6 +71,10 @@ app = StockTrackerApp(
     stream_wait_empty=False,
     # Ingest and the tracker get one fetch per batch (app/consumer.py's batch tap).
     broker_max_poll_records=settings.batch_size,
+    # A batch's records are sent just before its commit, and a produce request takes
+    # one record batch per partition: with the default 16 kB batches, a commit of a
+    # few thousand events waited on dozens of sequential round trips.
+    producer_max_batch_size=512 * 1024,
     # A worker killed with SIGKILL never leaves the group; the broker notices after the
     # session timeout, and a restarted worker waits that long in its first rebalance.
     broker_session_timeout=10.0,

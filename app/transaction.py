@@ -15,8 +15,10 @@ input offsets are committed; the rules' duplicate memory then absorbs replays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -114,18 +116,50 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
     lock = producer._trn_locks[tid]
     async with lock:
         txn = producer._transaction_producers[tid]
-        send = txn.send
-        for topic, key, value, partition in batch.outputs:
-            await send(topic, value, key=key, partition=partition)
-        for topic, key, change, partition in _apply_to_stores(batch):
-            await send(topic, change, key=key, partition=partition)
+        sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
         if batch.sources:
             offsets = {
                 TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
             }
-            await txn.send_offsets_to_transaction(offsets, app.conf.id)
+            sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
+        # aiokafka would commit a transaction even if one of its record batches failed;
+        # every one must have been written first.
+        await asyncio.gather(*sent)
         await txn.commit_transaction()
         await txn.begin_transaction()
+
+
+async def _send_batched(
+    txn: Any, records: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
+) -> list[Awaitable[Any]]:
+    """Queue ``records`` on ``txn`` as one record batch per partition (or a few).
+
+    ``send()`` per record costs a future, a metadata wait and an accumulator lookup
+    each; a batch's records all go out before its commit anyway, so they are appended
+    to aiokafka ``BatchBuilder`` objects directly. Order within a partition is kept;
+    a partition of None picks it from the key, as ``send()`` would. Returns the
+    batches' futures.
+    """
+    sent: list[Awaitable[Any]] = []
+    builders: dict[tuple[str, int], Any] = {}
+    known_topics: set[str] = set()
+    for topic, key, value, partition in records:
+        if topic not in known_topics:
+            await txn.client._wait_on_metadata(topic)
+            known_topics.add(topic)
+        if partition is None:
+            partition = txn._partition(topic, None, key, value, key, value)
+        builder = builders.get((topic, partition))
+        if builder is None:
+            builder = builders[topic, partition] = txn.create_batch()
+        if builder.append(key=key, value=value, timestamp=None) is None:
+            sent.append(await txn.send_batch(builder, topic, partition=partition))
+            builder = builders[topic, partition] = txn.create_batch()
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record for {topic} is larger than a whole batch")
+    for (topic, partition), builder in builders.items():
+        sent.append(await txn.send_batch(builder, topic, partition=partition))
+    return sent
 
 
 async def _commit_plain(batch: Batch) -> None:

@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
 from faust.transport.consumer import TransactionManager
 from faust.types import TP
 
 from app import metrics
 from app.main import app
-from tables.base import put
+from tables.base import put_many
 
 
 @dataclass(slots=True)
@@ -101,12 +103,20 @@ async def commit(batch: Batch, *, source: TP) -> None:
 
 
 def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:
-    """Write each staged table change to its local store; yield its changelog record."""
+    """Write the staged table changes to the local stores; yield their changelog records."""
     partition = batch.table_partition
+    by_table: dict[Any, list[tuple[bytes, bytes | None]]] = {}
     for (table, key), value in batch.table_writes.items():
+        writes = by_table.get(table)
+        if writes is None:
+            writes = by_table[table] = []
+        writes.append((key, value))
+    for table, writes in by_table.items():
         assert partition is not None, "a batch that writes tables needs table_partition"
-        put(table, key, value, partition)
-        yield table.changelog_topic.get_topic_name(), key, value, partition
+        put_many(table, writes, partition)
+        topic = table.changelog_topic.get_topic_name()
+        for key, value in writes:
+            yield topic, key, value, partition
 
 
 async def _commit_transactional(batch: Batch, source: TP) -> None:
@@ -129,6 +139,12 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
         await txn.begin_transaction()
 
 
+@lru_cache(maxsize=65_536)
+def _key_partition(key: bytes, partitions: int) -> int:
+    """aiokafka's DefaultPartitioner for a key, memoised (SKU keys recur in every batch)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 async def _send_batched(
     txn: Any, records: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
 ) -> list[Awaitable[Any]]:
@@ -142,13 +158,18 @@ async def _send_batched(
     """
     sent: list[Awaitable[Any]] = []
     builders: dict[tuple[str, int], Any] = {}
-    known_topics: set[str] = set()
+    by_key = isinstance(txn._partitioner, DefaultPartitioner)
+    partition_counts: dict[str, int] = {}
     for topic, key, value, partition in records:
-        if topic not in known_topics:
+        n = partition_counts.get(topic)
+        if n is None:
             await txn.client._wait_on_metadata(topic)
-            known_topics.add(topic)
+            n = partition_counts[topic] = len(txn._metadata.partitions_for_topic(topic))
         if partition is None:
-            partition = txn._partition(topic, None, key, value, key, value)
+            if by_key and key is not None:
+                partition = _key_partition(key, n)
+            else:
+                partition = txn._partition(topic, None, key, value, key, value)
         builder = builders.get((topic, partition))
         if builder is None:
             builder = builders[topic, partition] = txn.create_batch()

@@ -181,8 +181,17 @@ class BatchProcessor:
         self.t_supplier = topics.supplier_orders.get_topic_name()
         self.t_expedites = topics.expedites.get_topic_name()
         self.t_results = topics.window_results.get_topic_name()
+        self._ts: float | None = None
+        self._ts_text = ""
 
     # -- helpers ---------------------------------------------------------------
+    def fmt(self, ts: float) -> str:
+        """``format_ts``, remembering the last one (an event formats its ts thrice)."""
+        if ts != self._ts:
+            self._ts_text = format_ts(ts)
+            self._ts = ts
+        return self._ts_text
+
     def state(self, sku: str) -> SkuState:
         entry = self.states.get(sku)
         if entry is None:
@@ -191,7 +200,7 @@ class BatchProcessor:
 
     def set_state(self, sku: str, state: SkuState, offset: int) -> None:
         as_of = {
-            "ts": format_ts(state.updated_ts),
+            "ts": self.fmt(state.updated_ts),
             "topic": self.src_topic,
             "partition": self.src_partition,
             "offset": offset,
@@ -238,7 +247,7 @@ class BatchProcessor:
             self.batch.put(supplier_orders, so.supplier_order_id.encode(), doc)
 
     def emit_level(self, sku: str, state: SkuState) -> None:
-        doc = {"sku": sku, "level": state.level, "ts": format_ts(state.updated_ts)}
+        doc = {"sku": sku, "level": state.level, "ts": self.fmt(state.updated_ts)}
         self.batch.emit(self.t_levels, sku_key(sku), orjson.dumps(doc))
 
     # -- events ----------------------------------------------------------------
@@ -267,7 +276,7 @@ class BatchProcessor:
             "backordered_units": status.backordered_units,
             "level_before": status.level_before,
             "level_after": status.level_after,
-            "ts": format_ts(ts),
+            "ts": self.fmt(ts),
             "as_of": {"topic": self.src_topic, "partition": self.src_partition, "offset": offset},
         }
         doc = orjson.dumps(record)

@@ -43,10 +43,11 @@ class StockTrackerApp(faust.App):
 
     def _new_transport(self) -> Any:
         from app.consumer import GaplessConsumer
-        from app.transaction import BatchTransactionManager
+        from app.transaction import BatchProducer, BatchTransactionManager
 
         transport: Any = super()._new_transport()
         transport.Consumer = GaplessConsumer
+        transport.Producer = BatchProducer
         transport.TransactionManager = BatchTransactionManager
         return transport
 

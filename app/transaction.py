@@ -16,7 +16,7 @@ input offsets are committed; the rules' duplicate memory then absorbs replays.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
 from faust.transport.consumer import TransactionManager
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 
 from app import metrics
@@ -72,6 +73,20 @@ class BatchTransactionManager(TransactionManager):
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         return False
+
+
+class BatchProducer(AIOKafkaProducerDriver):
+    """Faust's aiokafka producer, retrying transactional requests after 20 ms, not 100.
+
+    A transaction that starts right after the previous one of its producer committed
+    often finds the coordinator still writing the commit markers and is told
+    CONCURRENT_TRANSACTIONS; aiokafka then waits its retry backoff. With the default
+    100 ms, a third of the ingest transactions waited that long (the Java client uses
+    20 ms for the same reason).
+    """
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "retry_backoff_ms": 20}
 
 
 def transactional_id(tp: TP) -> str:

@@ -88,7 +88,13 @@ class GaplessConsumer(AIOKafkaConsumer):
                 held_back[tp] = batch[0].offset
         if tapped:
             # Handlers of different topics share nothing but the producers' locks.
-            await asyncio.gather(*(handler(recs, current) for handler, recs in tapped.items()))
+            try:
+                await asyncio.gather(*(handler(recs, current) for handler, recs in tapped.items()))
+            except Exception as exc:
+                # What a failed handler applied is unknown: stop the worker; a restart
+                # resumes from the offsets committed with the last complete batch.
+                await self.app.crash(exc)
+                raise
         to_message = self._to_message
         for tp, record in self.scheduler.iterate(rest):
             if not current():

@@ -141,16 +141,25 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
     lock = producer._trn_locks[tid]
     async with lock:
         txn = producer._transaction_producers[tid]
-        sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
-        if batch.sources:
-            offsets = {
-                TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
-            }
-            sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
-        # aiokafka would commit a transaction even if one of its record batches failed;
-        # every one must have been written first.
-        await asyncio.gather(*sent)
-        await txn.commit_transaction()
+        try:
+            sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
+            if batch.sources:
+                offsets = {
+                    TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
+                }
+                sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
+            # aiokafka would commit a transaction even if one of its record batches
+            # failed; every one must have been written first.
+            await asyncio.gather(*sent)
+            await txn.commit_transaction()
+        except BaseException:
+            # The open transaction may hold part of this batch (also when the task was
+            # cancelled, e.g. the consumer's fetcher on shutdown), and the next commit on
+            # this producer would commit it too. Nothing may use it again: Kafka aborts
+            # the transaction when the next owner of the id fences it.
+            if producer._transaction_producers.get(tid) is txn:
+                del producer._transaction_producers[tid]
+            raise
         await txn.begin_transaction()
 
 

@@ -475,7 +475,10 @@ async def tracker(records: Records, current: Callable[[], bool]) -> None:
     # independent, so restore them concurrently.
     await asyncio.gather(*(runtime_for(tp.partition) for tp in records))
     if not current():
-        return  # a rebalance while restoring: these records may belong to another worker
+        # A rebalance while restoring: these records may belong to another worker now,
+        # and a runtime restored across a revocation may miss its writes.
+        forget_partitions({tp.partition for tp in records})
+        return
     await asyncio.gather(*(track_partition(tp, recs, current) for tp, recs in records.items()))
 
 

@@ -8,10 +8,10 @@ transaction (app/transaction.py).
 
 The envelopes do not go through a Faust stream: the consumer's batch tap
 (app/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
-partition. Faust would only add its per-message cost and an ack/gap bookkeeping that
-grows without bound on this transactional topic (offsets commit in our own transactions,
-never Faust's). The partitions of one fetch are independent, so their transactions
-commit concurrently.
+partition, which queues it for the tracker's own task. Faust would only add its
+per-message cost and an ack/gap bookkeeping that grows without bound on this
+transactional topic (offsets commit in our own transactions, never Faust's). The
+partitions of one fetch are independent, so their transactions commit concurrently.
 
 Per partition it also keeps in memory what the rules need between batches: the duplicate
 memory's expiry heap and the open windows. Both are rebuilt from the tables the first
@@ -468,7 +468,40 @@ async def _commit(tp: TP, batch: Batch) -> None:
         raise
 
 
+FETCHES_QUEUED = 4
+"""Most fetches of envelopes waiting for the tracker (the consumer waits when full)."""
+
+_fetches: asyncio.Queue[tuple[Records, Callable[[], bool]]] = asyncio.Queue(FETCHES_QUEUED)
+
+
 async def tracker(records: Records, current: Callable[[], bool]) -> None:
+    """The tap handler: queue the fetch for :func:`_run_tracker`.
+
+    The tracker does not run in the consumer's fetch loop: applying and committing
+    thousands of events (or restoring a partition) would hold back ingest, which then
+    reads orders and stock moves produced far apart in one fetch (and loses their
+    order across the two topics). One task applies the queued fetches in order; each
+    still checks ``current()`` before it applies anything.
+    """
+    await _fetches.put((records, current))
+
+
+async def _run_tracker() -> None:
+    while True:
+        records, current = await _fetches.get()
+        try:
+            await track(records, current)
+        except Exception as exc:
+            # What a failed batch applied is unknown: stop the worker; a restart
+            # resumes from the offsets committed with the last complete batch.
+            await app.crash(exc)
+            raise
+
+
+app.task(_run_tracker)
+
+
+async def track(records: Records, current: Callable[[], bool]) -> None:
     """events-by-sku -> tables + order-status, stock-levels, supplier-orders, expedites,
     window-results: one fetch at once, the partitions' transactions concurrently."""
     # The first batch after an assignment restores each partition's tables; they are

@@ -26,7 +26,8 @@ The same rules hold for them as for messages: nothing of a partition that is not
 active, nothing after a held-back record, nothing once the flow stopped or the
 generation changed (the handler can ask with the ``current`` callable it is given, after
 any await), and the next fetch waits until the handler returned, so batches of one
-partition never overlap. Everything else is Faust's code unchanged.
+partition never overlap (a handler that passes records on to a task of its own, as the
+tracker does, keeps them in order there). Everything else is Faust's code unchanged.
 """
 
 from __future__ import annotations

@@ -6,6 +6,13 @@ with the pure rules (duplicates, stock levels, supplier orders, windows), then w
 each changed key once, every output message, and the input offset in one Kafka
 transaction (app/transaction.py).
 
+The envelopes do not go through a Faust stream: the consumer's batch tap
+(app/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
+partition, which queues it for the tracker's own task. Faust would only add its
+per-message cost and an ack/gap bookkeeping that grows without bound on this
+transactional topic (offsets commit in our own transactions, never Faust's). The
+partitions of one fetch are independent, so their transactions commit concurrently.
+
 Per partition it also keeps in memory what the rules need between batches: the duplicate
 memory's expiry heap and the open windows. Both are rebuilt from the tables the first
 time a partition is processed after it is assigned, so a restart or rebalance resumes
@@ -14,8 +21,9 @@ exactly where the last committed batch left off.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
-from collections.abc import AsyncIterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -24,6 +32,7 @@ import orjson
 from faust.types import TP
 
 from app import topics
+from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
@@ -145,6 +154,16 @@ async def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
     restorer.prefetch(tp.partition for tp in assigned if tp.topic == restorer.topic)
 
 
+def dumps(obj: Any) -> bytes:
+    """``orjson.dumps``, in a bytes object of its own size.
+
+    orjson returns each document in a 4 kB allocation; a batch stages a few documents
+    per event until its commit, so thousands of events held tens of times their size
+    (a 10,000-event batch peaked near 1 GB). Copying costs a fraction of a microsecond.
+    """
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
 def sku_key(sku: str) -> bytes:
     return sku.encode()
 
@@ -186,8 +205,17 @@ class BatchProcessor:
         self.t_supplier = topics.supplier_orders.get_topic_name()
         self.t_expedites = topics.expedites.get_topic_name()
         self.t_results = topics.window_results.get_topic_name()
+        self._ts: float | None = None
+        self._ts_text = ""
 
     # -- helpers ---------------------------------------------------------------
+    def fmt(self, ts: float) -> str:
+        """``format_ts``, remembering the last one (an event formats its ts thrice)."""
+        if ts != self._ts:
+            self._ts_text = format_ts(ts)
+            self._ts = ts
+        return self._ts_text
+
     def state(self, sku: str) -> SkuState:
         entry = self.states.get(sku)
         if entry is None:
@@ -196,7 +224,7 @@ class BatchProcessor:
 
     def set_state(self, sku: str, state: SkuState, offset: int) -> None:
         as_of = {
-            "ts": format_ts(state.updated_ts),
+            "ts": self.fmt(state.updated_ts),
             "topic": self.src_topic,
             "partition": self.src_partition,
             "offset": offset,
@@ -214,7 +242,7 @@ class BatchProcessor:
         entry = [ts, self.src_topic, self.src_partition, offset]
         rt.seen[key] = entry
         heapq.heappush(rt.expiry, (ts, key))
-        self.batch.put(seen_ids, key, orjson.dumps(entry))
+        self.batch.put(seen_ids, key, dumps(entry))
         return True
 
     def replayed(self, offset: int) -> bool:
@@ -238,13 +266,13 @@ class BatchProcessor:
 
     def emit_supplier_orders(self, changes: list[SupplierOrder]) -> None:
         for so in changes:
-            doc = orjson.dumps(supplier_order_doc(so))
+            doc = dumps(supplier_order_doc(so))
             self.batch.emit(self.t_supplier, sku_key(so.sku), doc)
             self.batch.put(supplier_orders, so.supplier_order_id.encode(), doc)
 
     def emit_level(self, sku: str, state: SkuState) -> None:
-        doc = {"sku": sku, "level": state.level, "ts": format_ts(state.updated_ts)}
-        self.batch.emit(self.t_levels, sku_key(sku), orjson.dumps(doc))
+        doc = {"sku": sku, "level": state.level, "ts": self.fmt(state.updated_ts)}
+        self.batch.emit(self.t_levels, sku_key(sku), dumps(doc))
 
     # -- events ----------------------------------------------------------------
     def order(self, row: list[Any]) -> None:
@@ -272,10 +300,10 @@ class BatchProcessor:
             "backordered_units": status.backordered_units,
             "level_before": status.level_before,
             "level_after": status.level_after,
-            "ts": format_ts(ts),
+            "ts": self.fmt(ts),
             "as_of": {"topic": self.src_topic, "partition": self.src_partition, "offset": offset},
         }
-        doc = orjson.dumps(record)
+        doc = dumps(record)
         self.batch.emit(self.t_order_status, order_id.encode(), doc)
         self.batch.put(order_status, order_id.encode(), doc)
         self.emit_level(sku, state)
@@ -318,7 +346,7 @@ class BatchProcessor:
                 "supplier_order_id": open_so,
                 "threshold": settings.expedite_threshold,
             }
-            self.batch.emit(self.t_expedites, sku_key(sku), orjson.dumps(doc))
+            self.batch.emit(self.t_expedites, sku_key(sku), dumps(doc))
             self.rt.recent_expedites = [doc, *self.rt.recent_expedites][:RECENT]
 
     # -- end of batch ----------------------------------------------------------
@@ -335,7 +363,7 @@ class BatchProcessor:
                 "units": cw.agg.units,
                 "revenue": w.revenue_out(cw.agg.revenue),
             }
-            self.batch.emit(self.t_results, sku_key(cw.sku), orjson.dumps(doc))
+            self.batch.emit(self.t_results, sku_key(cw.sku), dumps(doc))
             rt.recent_results = [doc, *rt.recent_results][:RECENT]
             key = w.window_key_str(cw.key).encode()
             stored = {
@@ -343,7 +371,7 @@ class BatchProcessor:
                 "closed": True,
                 "window_end": cw.window_end,
             }
-            self.batch.put(windows, key, orjson.dumps(stored))
+            self.batch.put(windows, key, dumps(stored))
             self.windows_dirty.discard(cw.key)
             heapq.heappush(
                 rt.closed, (cw.window_end + settings.closed_window_retention_seconds, key)
@@ -353,7 +381,7 @@ class BatchProcessor:
             if agg is None:  # pragma: no cover - closed above in the same batch
                 continue
             stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
-            self.batch.put(windows, w.window_key_str(wkey).encode(), orjson.dumps(stored))
+            self.batch.put(windows, w.window_key_str(wkey).encode(), dumps(stored))
         order_time = pw.stream_time
         stream_time = rt.stream_time
         if stream_time is not None:
@@ -371,7 +399,7 @@ class BatchProcessor:
             state, as_of = self.states[sku]
             doc = state.to_dict()
             doc["as_of"] = as_of
-            self.batch.put(sku_state, sku_key(sku), orjson.dumps(doc))
+            self.batch.put(sku_state, sku_key(sku), dumps(doc))
         meta = {
             "stream_time": stream_time,
             "order_stream_time": order_time,
@@ -380,13 +408,14 @@ class BatchProcessor:
             "recent_expedites": rt.recent_expedites,
             "recent_results": rt.recent_results,
         }
-        self.batch.put(partition_state, partition_state_key(self.partition), orjson.dumps(meta))
+        self.batch.put(partition_state, partition_state_key(self.partition), dumps(meta))
 
 
-def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
-    """Apply one envelope (see agents/ingest.py): rows in arrival order."""
+def apply_envelope(proc: BatchProcessor, value: bytes) -> int:
+    """Apply one envelope (see agents/ingest.py): rows in arrival order; return how many."""
     orders_topic, stock_topic = topics.orders.get_topic_name(), topics.stock.get_topic_name()
-    for row in orjson.loads(value):
+    rows = orjson.loads(value)
+    for row in rows:
         proc.src_partition = row.pop()
         if row[0] == "o":
             proc.src_topic = orders_topic
@@ -394,41 +423,112 @@ def apply_envelope(proc: BatchProcessor, value: bytes) -> None:
         else:
             proc.src_topic = stock_topic
             proc.stock(row)
+    return len(rows)
 
 
-def process(rt: PartitionRuntime, events: list[Any]) -> Batch:
-    """Apply the envelopes of one partition; return everything they write, staged."""
-    partition = rt.partition
-    batch = Batch(table_partition=partition)
-    proc = BatchProcessor(rt, batch)
+def start(rt: PartitionRuntime) -> BatchProcessor:
+    """A new batch of the partition."""
+    return BatchProcessor(rt, Batch(table_partition=rt.partition))
+
+
+def apply(proc: BatchProcessor, record: Any) -> int:
+    """Apply one envelope record; return how many events it held."""
     try:
-        for event in events:
-            message = event.message
-            batch.consumed(message.tp, message.offset)
-            apply_envelope(proc, message.value)
-        proc.finish()
+        n = apply_envelope(proc, record.value)
     except Exception:
         # Our own envelopes are valid by construction; if one is not, drop the
         # in-memory state (it may be half-applied) and stop rather than guess.
-        forget_partitions({partition})
+        forget_partitions({proc.partition})
         raise
-    return batch
+    proc.batch.consumed(TP(record.topic, record.partition), record.offset)
+    return n
 
 
-@app.agent(topics.events_by_sku, name="tracker")
-async def tracker(stream: AsyncIterable[Any]) -> None:
+def finish(proc: BatchProcessor) -> Batch:
+    try:
+        proc.finish()
+    except Exception:
+        forget_partitions({proc.partition})
+        raise
+    return proc.batch
+
+
+async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], bool]) -> None:
+    """Apply and commit the envelopes of one partition: one transaction per
+    ``BATCH_SIZE`` events or ``BATCH_ENVELOPES`` envelopes, whichever comes first."""
+    proc: BatchProcessor | None = None
+    events = envelopes = 0
+    for record in records:
+        if proc is None:
+            rt = _runtimes.get(tp.partition)
+            if rt is None or not current():
+                return  # revoked meanwhile: Faust seeks back to the committed offset
+            proc = start(rt)
+        events += apply(proc, record)
+        envelopes += 1
+        if events >= settings.batch_size or envelopes >= settings.batch_envelopes:
+            await _commit(tp, finish(proc))
+            proc, events, envelopes = None, 0, 0
+    if proc is not None:
+        await _commit(tp, finish(proc))
+
+
+async def _commit(tp: TP, batch: Batch) -> None:
+    try:
+        await commit(batch, source=tp)
+    except BaseException:
+        # The in-memory runtime already holds this batch; Kafka may not.
+        forget_partitions({tp.partition})
+        raise
+
+
+FETCHES_QUEUED = 4
+"""Most fetches of envelopes waiting for the tracker (the consumer waits when full)."""
+
+_fetches: asyncio.Queue[tuple[Records, Callable[[], bool]]] = asyncio.Queue(FETCHES_QUEUED)
+
+
+async def tracker(records: Records, current: Callable[[], bool]) -> None:
+    """The tap handler: queue the fetch for :func:`_run_tracker`.
+
+    The tracker does not run in the consumer's fetch loop: applying and committing
+    thousands of events (or restoring a partition) would hold back ingest, which then
+    reads orders and stock moves produced far apart in one fetch (and loses their
+    order across the two topics). One task applies the queued fetches in order; each
+    still checks ``current()`` before it applies anything.
+    """
+    await _fetches.put((records, current))
+
+
+async def _run_tracker() -> None:
+    while True:
+        records, current = await _fetches.get()
+        try:
+            await track(records, current)
+        except Exception as exc:
+            # What a failed batch applied is unknown: stop the worker; a restart
+            # resumes from the offsets committed with the last complete batch.
+            await app.crash(exc)
+            raise
+
+
+app.task(_run_tracker)
+
+
+async def track(records: Records, current: Callable[[], bool]) -> None:
     """events-by-sku -> tables + order-status, stock-levels, supplier-orders, expedites,
-    window-results."""
-    take = stream.take_events(settings.batch_envelopes, within=settings.batch_window_s)  # type: ignore[attr-defined]
-    async for events in take:
-        by_partition: dict[int, list[Any]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
-        for partition, group in by_partition.items():
-            batch = process(await runtime_for(partition), group)
-            try:
-                await commit(batch, source=group[0].message.tp)
-            except BaseException:
-                # The in-memory runtime already holds this batch; Kafka may not.
-                forget_partitions({partition})
-                raise
+    window-results: one fetch at once, the partitions' transactions concurrently."""
+    # The first batch after an assignment restores each partition's tables; they are
+    # independent, so restore them concurrently.
+    await asyncio.gather(*(runtime_for(tp.partition) for tp in records))
+    if not current():
+        # A rebalance while restoring: these records may belong to another worker now,
+        # and a runtime restored across a revocation may miss its writes.
+        forget_partitions({tp.partition for tp in records})
+        return
+    await asyncio.gather(*(track_partition(tp, recs, current) for tp, recs in records.items()))
+
+
+# Subscribed without a stream: the consumer hands its records to ``tracker``.
+app.topics.add(topics.events_by_sku)
+tap(topics.events_by_sku.get_topic_name(), tracker)

@@ -51,6 +51,10 @@ _PRICE_CACHE: dict[float, Decimal] = {}
 _PRICE_CACHE_SIZE = 4096
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+# format_ts runs a few times per event, and the events of a batch share few distinct
+# seconds: memoise the text of each second. Cleared when full so it stays bounded.
+_SECONDS_TEXT: dict[int, str] = {}
+_SECONDS_TEXT_SIZE = 4096
 _loads = orjson.loads
 _fromisoformat = datetime.fromisoformat
 
@@ -171,7 +175,12 @@ def format_ts(ts: float) -> str:
     """
     try:
         seconds, millis = divmod(round(ts * 1000), 1000)
-        text = (_EPOCH_NAIVE + timedelta(seconds=seconds)).isoformat()
+        text = _SECONDS_TEXT.get(seconds)
+        if text is None:
+            text = (_EPOCH_NAIVE + timedelta(seconds=seconds)).isoformat()
+            if len(_SECONDS_TEXT) >= _SECONDS_TEXT_SIZE:
+                _SECONDS_TEXT.clear()
+            _SECONDS_TEXT[seconds] = text
     except (OverflowError, ValueError):
         raise ValueError(f"cannot format ts {ts!r}: not a time in years 1-9999") from None
     return f"{text}.{millis:03d}Z" if millis else f"{text}Z"

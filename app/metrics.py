@@ -3,7 +3,7 @@
 This module owns every metric of the worker and their names. Two kinds:
 
 * updated on the hot path, once per batch: the input counter (agents/ingest.py calls
-  :func:`count_input` once per ``take()``), the output counters, the dead-letter counter,
+  :func:`count_input` once per fetch), the output counters, the dead-letter counter,
   the batch latency histogram and the committed offsets (app/transaction.py calls
   :func:`committed` after each successful commit);
 * read only when scraped: the ``/stats`` totals from the tables (:func:`app.web.totals`)
@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web as aioweb
@@ -202,22 +202,20 @@ _committed_offsets: dict[Any, int] = {}
 """Input partition (TP) -> next offset to read, as of the last committed batch."""
 
 
-def count_input(events: Sequence[Any]) -> float | None:
-    """Count one ``take()`` of input events by topic; return its newest Kafka timestamp.
+def count_input(records: Mapping[Any, Sequence[Any]]) -> float | None:
+    """Count one fetch of input records (aiokafka ``ConsumerRecord``) by topic.
 
-    The timestamp (epoch seconds) is for :attr:`app.transaction.Batch.newest_input_ts`.
+    Returns the newest Kafka timestamp (epoch seconds), for
+    :attr:`app.transaction.Batch.newest_input_ts`.
     """
-    per_topic: dict[str, int] = {}
-    newest: float | None = None
-    for event in events:
-        message = event.message
-        per_topic[message.topic] = per_topic.get(message.topic, 0) + 1
-        ts = message.timestamp
-        if ts is not None and (newest is None or ts > newest):
-            newest = ts
-    for topic, n in per_topic.items():
-        EVENTS_IN.inc(n, topic)
-    return newest
+    newest_ms: int | None = None
+    for tp, batch in records.items():
+        EVENTS_IN.inc(len(batch), tp.topic)
+        for record in batch:
+            ts = record.timestamp
+            if ts is not None and (newest_ms is None or ts > newest_ms):
+                newest_ms = ts
+    return None if newest_ms is None else newest_ms / 1000.0
 
 
 def committed(

@@ -70,12 +70,14 @@ class Settings:
     """How long (event time) an order_id / event_id is remembered per SKU."""
     closed_window_retention_seconds: int = 3_600
     """How long (stream time) closed windows stay readable over HTTP."""
-    batch_size: int = 2_000
-    """Most events an agent takes at once; state is written once per key per batch."""
+    batch_size: int = 10_000
+    """Most records a fetch hands to ingest or the tracker, and most events the tracker
+    applies per transaction; state is written once per key per batch."""
     batch_envelopes: int = 200
-    """Most envelopes (batches of ingest) the tracker takes at once."""
+    """Most envelopes (batches of ingest) the tracker applies per transaction."""
     batch_window_s: float = 0.05
-    """Longest an agent waits to fill a batch."""
+    """Unused since batches follow the consumer's fetches (app/consumer.py): a fetch
+    hands on whatever has arrived. Still accepted, so existing configurations start."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -8,10 +8,11 @@ Values are orjson documents, parsed by the caller once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from faust.stores.rocksdb import Store as RocksDBStore
+from rocksdict import WriteBatch
 
 from app.main import app, settings
 
@@ -64,6 +65,29 @@ def put(table: Any, key: bytes, value: bytes | None, partition: int) -> None:
     else:
         store.data[key] = value
         store._key_partition[key] = partition
+
+
+def put_many(table: Any, writes: Sequence[tuple[bytes, bytes | None]], partition: int) -> None:
+    """:func:`put` of every (key, value) of ``writes``, in one RocksDB write batch.
+
+    A batch commits thousands of table writes; one write batch costs less than half
+    of as many single puts.
+    """
+    store = table.data
+    if not (isinstance(store, RocksDBStore) and store.use_rocksdict):
+        for key, value in writes:
+            put(table, key, value, partition)
+        return
+    batch = WriteBatch(raw_mode=True)
+    key_index = store._key_index
+    for key, value in writes:
+        if value is None:
+            batch.delete(key)
+            key_index.pop(key, None)
+        else:
+            batch.put(key, value)
+            key_index[key] = partition
+    store._db_for_partition(partition).write(batch)
 
 
 def items(table: Any, partition: int | None = None) -> Iterator[tuple[bytes, bytes]]:

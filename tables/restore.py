@@ -46,6 +46,11 @@ async def restore_partition(
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await asyncio.gather(reader.start(), probe.start())
     try:
+        # Learn every changelog's metadata in one request: end_offsets() would find the
+        # topics unknown one at a time and wait the retry backoff (100 ms) for each,
+        # about 1.2 s for the six tables, twice.
+        names = sorted({tp.topic for tp in tps})
+        await asyncio.gather(reader._client.set_topics(names), probe._client.set_topics(names))
         end = await _stable_end_offsets(reader, probe, tps, stable_timeout_s)
         for table in tables:
             for key, _ in list(items(table, partition)):

@@ -48,23 +48,26 @@ class Feed:
         for topic, value in events:
             offset = self.input_offset[topic]
             self.input_offset[topic] += 1
-            _, row = envelope_row(topic, offset, orjson.dumps(value))
+            _, row = envelope_row(topic == ORDERS, offset, orjson.dumps(value))
             rows.append([*row, 0])  # input partition 0
-        message = SimpleNamespace(
-            tp=TP(ENVELOPES, P),
+        # What the batch tap hands the tracker: a raw aiokafka record.
+        record = SimpleNamespace(
             topic=ENVELOPES,
             partition=P,
             offset=self.envelope_offset,
-            value=orjson.dumps(rows) if replay_of is None else replay_of.message.value,
+            value=orjson.dumps(rows) if replay_of is None else replay_of.value,
         )
         self.envelope_offset += 1
-        return SimpleNamespace(message=message)
+        return record
 
 
-def run(*events: Any) -> Batch:
+def run(*records: Any) -> Batch:
     """Process one batch and write it to the tables, as a committed transaction does."""
     rt = tracker._runtimes.setdefault(P, tracker.rebuild(P))
-    batch = tracker.process(rt, list(events))
+    proc = tracker.start(rt)
+    for record in records:
+        tracker.apply(proc, record)
+    batch = tracker.finish(proc)
     list(_apply_to_stores(batch))
     return batch
 

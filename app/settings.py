@@ -76,8 +76,8 @@ class Settings:
     batch_envelopes: int = 200
     """Most envelopes (batches of ingest) the tracker applies per transaction."""
     batch_window_s: float = 0.05
-    """Unused since batches follow the consumer's fetches (app/consumer.py): a fetch
-    hands on whatever has arrived. Still accepted, so existing configurations start."""
+    """Longest the dead-letter feed waits to fill a batch (ingest and the tracker take
+    whatever a fetch brings, app/consumer.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, free_port, produce  # noqa: E402
+from tests.integration.harness import Worker, produce, throwaway_broker  # noqa: E402
 
 
 def make_orders(n: int, skus: int) -> list[bytes]:
@@ -87,18 +85,14 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    broker_env = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        port = free_port()
-        broker_env = dict(
-            os.environ,
-            KAFKA_PORT=str(port),
-            KAFKA_CONTROLLER_PORT=str(free_port()),
-            KAFKA_DATA_DIR=tempfile.mkdtemp(prefix="bench-kafka-"),
-        )
-        subprocess.run([str(REPO / "scripts" / "kafka"), "start"], env=broker_env, check=True)
-        bootstrap = f"127.0.0.1:{port}"
+    if args.bootstrap is not None:
+        measure(args.bootstrap, args)
+    else:
+        with throwaway_broker() as bootstrap:
+            measure(bootstrap, args)
+
+
+def measure(bootstrap: str, args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     worker = Worker(
         bootstrap,
@@ -133,8 +127,6 @@ def main() -> None:
         print(f"ratio pipeline/bare    : {pipe_rate / bare_rate:.3f}")
     finally:
         worker.stop()
-        if broker_env is not None:
-            subprocess.run([str(REPO / "scripts" / "kafka"), "stop"], env=broker_env, check=False)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,7 +47,7 @@ from aiokafka.partitioner import murmur2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, free_port, produce  # noqa: E402
+from tests.integration.harness import Worker, produce, throwaway_broker  # noqa: E402
 
 PARTITIONS = 4  # the harness runs workers with TOPIC_PARTITIONS=4
 SKUS = 300
@@ -79,21 +77,8 @@ def broker(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="crash-soak-kafka-")
-    env = dict(
-        os.environ,
-        KAFKA_PORT=str(port),
-        KAFKA_CONTROLLER_PORT=str(free_port()),
-        KAFKA_DATA_DIR=data_dir,
-    )
-    script = str(REPO / "scripts" / "kafka")
-    subprocess.run([script, "start"], env=env, check=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([script, "stop"], env=env, check=False)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with throwaway_broker() as bootstrap:
+        yield bootstrap
 
 
 def sku_partition(sku: str) -> int:
@@ -172,33 +157,13 @@ async def _offsets(bootstrap: str, app_id: str, sku_topic: str) -> list[str]:
 
 async def _sku_topic_contents(bootstrap: str, sku_topic: str) -> dict[int, tuple[int, int]]:
     """Per partition of the SKU topic: (order rows, distinct order ids), read_committed."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
     rows: Counter[int] = Counter()
     ids: dict[int, set[str]] = {p: set() for p in range(PARTITIONS)}
-    try:
-        tps = [TopicPartition(sku_topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            got = await consumer.getmany(timeout_ms=500)
-            for tp, records in got.items():
-                for r in records:
-                    for row in orjson.loads(r.value):
-                        if row and row[0] == "o":
-                            rows[tp.partition] += 1
-                            ids[tp.partition].add(str(row[2]))
-    finally:
-        await consumer.stop()
+    for r in await _read_all(bootstrap, sku_topic):
+        for row in orjson.loads(r.value):
+            if row and row[0] == "o":
+                rows[r.partition] += 1
+                ids[r.partition].add(str(row[2]))
     return {p: (rows[p], len(ids[p])) for p in range(PARTITIONS)}
 
 

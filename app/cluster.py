@@ -89,12 +89,17 @@ async def fetch(url: str, request: aioweb.Request) -> tuple[int, Any]:
         raise PeerError(f"worker {url} did not answer {request.path_qs}: {reason}") from None
 
 
-async def gather(request: aioweb.Request) -> list[Any]:
-    """The bodies of every *other* worker's local answer to ``request`` (all must be 200)."""
+async def ask_others(request: aioweb.Request) -> list[tuple[str, int, Any]]:
+    """(url, status, JSON body) of every *other* worker's local answer to ``request``."""
     others = [url for url in workers() if url != self_url()]
     answers = await asyncio.gather(*(fetch(url, request) for url in others))
+    return [(url, status, body) for url, (status, body) in zip(others, answers, strict=True)]
+
+
+async def gather(request: aioweb.Request) -> list[Any]:
+    """The bodies of every *other* worker's local answer to ``request`` (all must be 200)."""
     bodies = []
-    for url, (status, body) in zip(others, answers, strict=True):
+    for url, status, body in await ask_others(request):
         if status != 200:
             raise PeerError(f"worker {url} answered {status} to {request.path_qs}: {body}")
         bodies.append(body)

@@ -10,7 +10,6 @@ and merged here, an order is looked up here first and then on the others.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
@@ -231,9 +230,7 @@ async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
         return json_response(record)
     if not cluster.is_forwarded(request):
         # Orders live with their SKU, which the id does not name: ask every worker.
-        others = [url for url in cluster.workers() if url != cluster.self_url()]
-        answers = await asyncio.gather(*(cluster.fetch(url, request) for url in others))
-        for url, (status, body) in zip(others, answers, strict=True):
+        for url, status, body in await cluster.ask_others(request):
             if status == 200:
                 response = json_response(body)
                 response.headers[cluster.SERVED_BY_HEADER] = url

@@ -3,34 +3,44 @@
 This is the first half of the join. Input keys are ignored (the contract lets producers
 key messages any way); every valid event is routed by the hash of its SKU to the
 partition of the internal ``<app>-events-by-sku`` topic that owns the SKU, so both
-streams of one SKU meet, in arrival order, in one place (agents/tracker.py).
+streams of one SKU meet in one place (agents/tracker.py), which applies them in the
+contract's merge order (app/rules/merge.py).
 
 Events travel in envelopes: one message per (transactional producer, SKU partition) per
-batch, a JSON array of compact rows (see ``envelope_row``; the input partition is
-appended last), so the tracker pays its per-message cost once per envelope, not
-once per event.
+batch, ``{"r": rows, "m": reports}``. A row is an event in compact form (see
+``envelope_row``) followed by its input partition and its merge key's ``mts``; a report
+is one input partition's progress, ``[topic code, partition, mts, next offset, at end,
+group generation]``. Every SKU partition gets the reports, also one no row of the batch
+went to: that is how the tracker learns that an input partition read by any worker has
+moved past an event, or has nothing more to give.
+
+An input partition's ``mts`` so far is the metadata of its committed offset, in the same
+transaction as the envelopes, so whoever reads the partition next (after a crash or a
+rebalance) gives each event the same key.
 
 Ingest is not a Faust agent: it sees every raw input message, and Faust's per-message
 machinery (Message objects, conductor, stream queues, acks) alone capped it near 3.8k
 messages/s. The consumer's batch tap (app/consumer.py) hands it each fetch as lists of
-raw records per partition instead; it commits the input offsets itself, in the
-transaction that writes the envelopes, as before.
+raw records per partition instead, and also a fetch without any (so a partition that
+reached its end can say so); it commits the input offsets itself, in the transaction
+that writes the envelopes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from faust.types import TP
 
 from app import metrics, topics
-from app.consumer import Records, tap
+from app.consumer import Records, assigned_partitions, committed_metadata, read_to_end, tap
 from app.events import InvalidEvent, parse_order, parse_stock
 from app.main import app
+from app.rules import merge
 from app.transaction import Batch, commit, transactional_id
 
 ORDER = "o"
@@ -80,75 +90,177 @@ def dead_letter(message: Any, error: str) -> bytes:
 ENVELOPE_ROWS = 2_000
 """Most rows per envelope: ~500 kB even with 64-character ids, below Kafka's 1 MB limit."""
 
+TOPIC_CODE = {ORDER: merge.ORDERS, STOCK: merge.STOCK}
 
-def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
+
+@dataclass(slots=True)
+class SourceState:
+    """Ingest's memory of one input partition it reads (see :func:`build_batches`)."""
+
+    mts: float = merge.NEVER
+    """Largest ``ts`` of the partition's valid events up to the last committed batch."""
+    reported: tuple[int, bool] | None = None
+    """(generation, at_end) of the last progress report the tracker got from here."""
+
+
+_sources: dict[TP, SourceState] = {}
+
+
+def mts_metadata(mts: float) -> str:
+    """The committed offset's metadata: the source's largest ``ts`` so far."""
+    return "" if mts == merge.NEVER else repr(mts)
+
+
+def mts_from_metadata(metadata: str | None) -> float:
+    try:
+        return float(metadata) if metadata else merge.NEVER
+    except ValueError:
+        return merge.NEVER  # metadata of another tool: start over, as a fresh source
+
+
+def source_state(tp: TP) -> SourceState:
+    state = _sources.get(tp)
+    if state is None:
+        # The committed offset carries the partition's largest ts (see mts_metadata), so
+        # a restarted or new owner gives every event the same merge key as before.
+        state = _sources[tp] = SourceState(mts_from_metadata(committed_metadata(tp)))
+    return state
+
+
+@dataclass(slots=True)
+class Pending:
+    """One transaction of ingest and what ingest remembers once it committed."""
+
+    source: TP
+    batch: Batch
+    states: dict[TP, SourceState] = field(default_factory=dict)
+
+
+def build_batches(
+    records: Records,
+    ends: Mapping[TP, bool] | None = None,
+    generation: int = 0,
+) -> dict[str, Pending]:
     """Group one fetch of input records into one Batch per transactional producer.
 
-    Within a batch, records of the two input topics are merged by their Kafka timestamp
-    (each partition's own records stay in offset order), so an order and a stock move
-    of one SKU that arrive in one fetch are applied in the order they were produced.
+    Every valid event becomes a row for the SKU partition that owns its SKU, tagged with
+    its merge key's ``mts`` (agents/tracker.py applies rows in merge-key order). Every
+    input partition that sent rows, or whose ``at_end`` (``ends``) changed, reports its
+    progress to *every* SKU partition: a partition of the SKU-keyed stream can apply an
+    event only once it knows no input partition can still send an older one.
     """
-    by_tid: dict[str, tuple[TP, Batch]] = {}
-    inputs: dict[str, list[list[tuple[int, Any]]]] = {}
+    ends = ends or {}
+    by_tid: dict[str, Pending] = {}
     in_transaction = app.in_transaction
-    for tp, batch_records in records.items():
-        if not batch_records:
-            continue
-        tid = transactional_id(tp) if in_transaction else ""
-        if tid not in by_tid:
-            by_tid[tid] = (tp, Batch())
-            inputs[tid] = []
-        by_tid[tid][1].consumed(tp, batch_records[-1].offset)
-        inputs[tid].append([(tp.partition, r) for r in batch_records])
     dl_topic = topics.dead_letters.get_topic_name()
     orders_topic = topics.orders.get_topic_name()
     target_topic = topics.events_by_sku.get_topic_name()
     sku_partition = topics.sku_partition
-    for tid, lists in inputs.items():
-        batch = by_tid[tid][1]
-        by_partition: dict[int, list[list[Any]]] = {}
-        merged = lists[0] if len(lists) == 1 else heapq.merge(*lists, key=_timestamp)
-        for source_partition, record in merged:
+    n_targets = topics.events_by_sku_partitions()
+    marks_by_tid: dict[str, list[list[Any]]] = {}
+    rows_by_tid: dict[str, dict[int, list[list[Any]]]] = {}
+
+    def pending_for(tp: TP) -> tuple[str, Pending]:
+        tid = transactional_id(tp) if in_transaction else ""
+        found = by_tid.get(tid)
+        if found is None:
+            found = by_tid[tid] = Pending(tp, Batch())
+            marks_by_tid[tid] = []
+            rows_by_tid[tid] = {}
+        return tid, found
+
+    for tp in sorted({*records, *ends}):
+        batch_records = records.get(tp, ())
+        state = source_state(tp)
+        at_end = ends.get(tp, False)
+        if not batch_records and state.reported == (generation, at_end):
+            continue  # nothing new to say
+        tid, pending = pending_for(tp)
+        batch = pending.batch
+        is_order = tp.topic == orders_topic
+        code = merge.ORDERS if is_order else merge.STOCK
+        mts = state.mts
+        by_partition = rows_by_tid[tid]
+        for record in batch_records:
             try:
-                sku, row = envelope_row(record.topic == orders_topic, record.offset, record.value)
+                sku, row = envelope_row(is_order, record.offset, record.value)
             except InvalidEvent as exc:
                 batch.emit(dl_topic, None, dead_letter(record, str(exc)))
                 continue
-            row.append(source_partition)
+            ts = row[-1]
+            if ts > mts:
+                mts = ts
+            row.append(tp.partition)
+            row.append(mts)
             target = sku_partition(sku)
             found = by_partition.get(target)
             if found is None:
                 by_partition[target] = [row]
             else:
                 found.append(row)
-        for partition, evs in by_partition.items():
+        next_offset = None
+        if batch_records:
+            next_offset = batch_records[-1].offset + 1
+            batch.consumed(tp, batch_records[-1].offset, mts_metadata(mts))
+        shown_mts = None if mts == merge.NEVER else mts
+        marks_by_tid[tid].append([code, tp.partition, shown_mts, next_offset, at_end, generation])
+        pending.states[tp] = SourceState(mts, (generation, at_end))
+    for tid, pending in by_tid.items():
+        batch = pending.batch
+        by_partition = rows_by_tid[tid]
+        marks = marks_by_tid[tid]
+        for partition in range(n_targets):
+            evs = by_partition.get(partition, [])
+            # Rows of one partition in chunks; the progress report rides on the last one,
+            # after every row it covers.
             for i in range(0, len(evs), ENVELOPE_ROWS):
-                batch.emit(target_topic, None, orjson.dumps(evs[i : i + ENVELOPE_ROWS]), partition)
+                last = i + ENVELOPE_ROWS >= len(evs)
+                chunk = {"r": evs[i : i + ENVELOPE_ROWS], "m": marks if last else []}
+                batch.emit(target_topic, None, orjson.dumps(chunk), partition)
+            if not evs:
+                batch.emit(target_topic, None, orjson.dumps({"r": [], "m": marks}), partition)
     return by_tid
-
-
-def _timestamp(item: tuple[int, Any]) -> int:
-    timestamp: int = item[1].timestamp
-    return timestamp
 
 
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
     """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch at once.
 
-    One transaction per transactional producer; they are independent, so they commit
-    concurrently.
+    Called for every fetch, also one without records of these topics, so that an input
+    partition that reaches its end says so. One transaction per transactional
+    producer; they are independent, so they commit concurrently.
     """
-    newest_ts = metrics.count_input(records)
+    generation = app.consumer_generation_id
+    assigned = assigned_partitions(INPUTS)
+    _forget_unassigned(assigned)
+    ends = read_to_end(assigned)
+    if not records and all(
+        (s := _sources.get(tp)) is not None and s.reported == (generation, ends[tp])
+        for tp in assigned
+    ):
+        return  # the common idle case: nothing new
+    newest_ts = metrics.count_input(records) if records else None
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
+    pendings = build_batches(records, ends, generation)
     commits = []
-    for source, batch in build_batches(records).values():
-        batch.newest_input_ts = newest_ts
-        commits.append(commit(batch, source=source))
+    for pending in pendings.values():
+        pending.batch.newest_input_ts = newest_ts
+        commits.append(commit(pending.batch, source=pending.source))
     await asyncio.gather(*commits)
+    for pending in pendings.values():
+        _sources.update(pending.states)
 
+
+def _forget_unassigned(assigned: Iterable[TP]) -> None:
+    # A partition that left and comes back resumes from its committed offset and mts.
+    keep = set(assigned)
+    for tp in [tp for tp in _sources if tp not in keep]:
+        del _sources[tp]
+
+
+INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
 
 for _topic in (topics.orders, topics.stock):
     # Subscribed without a stream: the consumer hands its records to ``ingest``.
     app.topics.add(_topic)
-    tap(_topic.get_topic_name(), ingest)
+    tap(_topic.get_topic_name(), ingest, every_fetch=True)

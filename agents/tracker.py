@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,7 @@ from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.rules import merge as m
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
 from app.transaction import Batch, commit
@@ -47,7 +49,7 @@ SPECS = (
     w.tumbling(settings.tumbling_seconds),
     w.hopping(settings.hopping_seconds, settings.hopping_step_seconds),
 )
-COUNTERS = ("orders", "stock_moves", "duplicates", "late_orders", "replayed")
+COUNTERS = ("orders", "stock_moves", "duplicates", "late_orders", "replayed", "failed")
 RECENT = 20
 """How many recent expedites and window results each partition keeps for the dashboard."""
 
@@ -75,7 +77,31 @@ class PartitionRuntime:
     """Highest offset applied per input partition ("topic/partition")."""
     recent_expedites: list[dict[str, Any]] = field(default_factory=list)
     recent_results: list[dict[str, Any]] = field(default_factory=list)
+    merge: m.Merge[Waiting] = field(default_factory=m.Merge)
+    """Events that arrived but may not be applied yet (the join's order)."""
+    generation: int = 0
+    """The consumer group generation this runtime was built in: a source's "read to its
+    end" counts only if said in this generation or later (an older one may be stale)."""
+    read_upto: int | None = None
+    """Offset after the last envelope fed to ``merge``."""
 
+    def commit_offset(self) -> int | None:
+        """Where this partition's consumer resumes after a restart: the oldest envelope
+        holding an event not yet applied (events before it are skipped by ``watermarks``),
+        else after the last envelope read."""
+        oldest = min((wt.envelope_offset for wt in self.merge.pending()), default=None)
+        return oldest if oldest is not None else self.read_upto
+
+
+@dataclass(slots=True)
+class Waiting:
+    """An event in the merge: its row (see agents/ingest.py) and the envelope it came in."""
+
+    row: list[Any]
+    envelope_offset: int
+
+
+log = logging.getLogger(__name__)
 
 _runtimes: dict[int, PartitionRuntime] = {}
 
@@ -104,6 +130,40 @@ def partition_state_key(partition: int) -> bytes:
     return b"p%d" % partition
 
 
+def topic_names() -> dict[int, str]:
+    """Merge-key topic code -> input topic name."""
+    return {m.ORDERS: topics.orders.get_topic_name(), m.STOCK: topics.stock.get_topic_name()}
+
+
+def all_sources() -> list[m.Source]:
+    """Every input partition the join waits for."""
+    return [(m.ORDERS, p) for p in range(topics.partitions_of(topics.orders))] + [
+        (m.STOCK, p) for p in range(topics.partitions_of(topics.stock))
+    ]
+
+
+def source_name(source: m.Source) -> str:
+    return f"{source[0]}/{source[1]}"
+
+
+def new_merge(watermarks: dict[str, int], progress: dict[str, list[Any]]) -> m.Merge[Waiting]:
+    """A merge that waits for every source, knowing what the last commit knew: how far
+    each source got (a lower bound, still true) and what was applied. Whether a source
+    is read to its end is never carried over: it may have grown while nobody looked."""
+    merge: m.Merge[Waiting] = m.Merge(all_sources())
+    codes = {name: code for code, name in topic_names().items()}
+    for name, offset in watermarks.items():
+        topic, _, partition = name.rpartition("/")
+        if topic in codes:
+            merge.sent_upto[(codes[topic], int(partition))] = offset
+    for name, (mts, next_offset) in progress.items():
+        code, _, partition = name.partition("/")
+        merge.report(
+            (int(code), int(partition)), m.NEVER if mts is None else mts, next_offset, False
+        )
+    return merge
+
+
 def rebuild(partition: int) -> PartitionRuntime:
     rt = PartitionRuntime(partition)
     raw_meta = get(partition_state, partition_state_key(partition), partition)
@@ -111,6 +171,8 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.stream_time = meta.get("stream_time")
     rt.counters.update(meta.get("counters", {}))
     rt.watermarks = meta.get("watermarks", {})
+    rt.merge = new_merge(rt.watermarks, meta.get("sources", {}))
+    rt.generation = app.consumer_generation_id
     rt.recent_expedites = meta.get("recent_expedites", [])
     rt.recent_results = meta.get("recent_results", [])
     for key, value in items(seen_ids, partition):
@@ -205,6 +267,8 @@ class BatchProcessor:
         self.t_supplier = topics.supplier_orders.get_topic_name()
         self.t_expedites = topics.expedites.get_topic_name()
         self.t_results = topics.window_results.get_topic_name()
+        self.orders_topic = topics.orders.get_topic_name()
+        self.stock_topic = topics.stock.get_topic_name()
         self._ts: float | None = None
         self._ts_text = ""
 
@@ -405,25 +469,53 @@ class BatchProcessor:
             "order_stream_time": order_time,
             "counters": rt.counters,
             "watermarks": rt.watermarks,
+            "sources": {
+                source_name(s): [None if p.mts == m.NEVER else p.mts, p.next_offset]
+                for s, p in rt.merge.progress.items()
+            },
             "recent_expedites": rt.recent_expedites,
             "recent_results": rt.recent_results,
         }
         self.batch.put(partition_state, partition_state_key(self.partition), dumps(meta))
 
 
-def apply_envelope(proc: BatchProcessor, value: bytes) -> int:
-    """Apply one envelope (see agents/ingest.py): rows in arrival order; return how many."""
-    orders_topic, stock_topic = topics.orders.get_topic_name(), topics.stock.get_topic_name()
-    rows = orjson.loads(value)
-    for row in rows:
-        proc.src_partition = row.pop()
-        if row[0] == "o":
-            proc.src_topic = orders_topic
-            proc.order(row)
+def feed(rt: PartitionRuntime, record: Any) -> int:
+    """Put one envelope (see agents/ingest.py) into the partition's merge; return how
+    many of its events were new (a re-delivered one was applied or queued before)."""
+    doc = orjson.loads(record.value)
+    merge = rt.merge
+    new = 0
+    offset = record.offset
+    for row in doc["r"]:
+        mts = row.pop()
+        source_partition = row[-1]
+        code = m.ORDERS if row[0] == "o" else m.STOCK
+        if merge.push((mts, code, source_partition, row[1]), Waiting(row, offset)):
+            new += 1
         else:
-            proc.src_topic = stock_topic
-            proc.stock(row)
-    return len(rows)
+            rt.counters["replayed"] += 1
+    generation = rt.generation
+    for code, partition, mts, next_offset, at_end, gen in doc["m"]:
+        merge.report(
+            (code, partition),
+            m.NEVER if mts is None else mts,
+            next_offset or 0,
+            bool(at_end) and gen >= generation,
+        )
+    rt.read_upto = offset + 1
+    return new
+
+
+def apply_event(proc: BatchProcessor, item: Waiting) -> None:
+    """Apply one event of the merge (its row: the event, then its input partition)."""
+    row = item.row
+    proc.src_partition = row[-1]
+    if row[0] == "o":
+        proc.src_topic = proc.orders_topic
+        proc.order(row[:-1])
+    else:
+        proc.src_topic = proc.stock_topic
+        proc.stock(row[:-1])
 
 
 def start(rt: PartitionRuntime) -> BatchProcessor:
@@ -431,46 +523,135 @@ def start(rt: PartitionRuntime) -> BatchProcessor:
     return BatchProcessor(rt, Batch(table_partition=rt.partition))
 
 
-def apply(proc: BatchProcessor, record: Any) -> int:
-    """Apply one envelope record; return how many events it held."""
-    try:
-        n = apply_envelope(proc, record.value)
-    except Exception:
-        # Our own envelopes are valid by construction; if one is not, drop the
-        # in-memory state (it may be half-applied) and stop rather than guess.
-        forget_partitions({proc.partition})
-        raise
-    proc.batch.consumed(TP(record.topic, record.partition), record.offset)
-    return n
-
-
-def finish(proc: BatchProcessor) -> Batch:
+def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
+    """Stage the end-of-batch writes; with ``tp``, also the offset to resume from."""
     try:
         proc.finish()
     except Exception:
         forget_partitions({proc.partition})
         raise
+    if tp is not None:
+        offset = proc.rt.commit_offset()
+        if offset is not None:
+            proc.batch.sources[tp] = offset
     return proc.batch
 
 
+MAX_ERROR_CHARS = 500
+
+
+def isolate(
+    rt: PartitionRuntime, applied: list[Waiting], bad: Waiting, exc: Exception
+) -> tuple[PartitionRuntime, BatchProcessor]:
+    """The poison path: ``bad`` raised while being applied, after ``applied`` in this
+    batch. Whatever it half-did is dropped with the runtime, which is rebuilt from the
+    tables (the last commit), the batch's earlier events are applied again, and ``bad``
+    becomes a dead letter instead, marked applied so a replay skips it too."""
+    row = bad.row
+    topic = topic_names()[m.ORDERS if row[0] == "o" else m.STOCK]
+    log.warning(
+        "Event %s/%s offset %s failed and goes to dead-letters: %r",
+        topic,
+        row[-1],
+        row[1],
+        exc,
+    )
+    fresh = rebuild(rt.partition)
+    fresh.merge, fresh.generation, fresh.read_upto = rt.merge, rt.generation, rt.read_upto
+    _runtimes[rt.partition] = fresh
+    proc = start(fresh)
+    for item in applied:
+        apply_event(proc, item)
+    proc.src_topic, proc.src_partition = topic, row[-1]
+    if not proc.replayed(row[1]):
+        fresh.counters["failed"] += 1
+        proc.batch.emit(
+            topics.dead_letters.get_topic_name(), None, failed_event_letter(topic, row, exc)
+        )
+    return fresh, proc
+
+
+def failed_event_letter(topic: str, row: list[Any], exc: Exception) -> bytes:
+    """The dead letter of a valid event whose processing failed.
+
+    The tracker has the event as ingest parsed it, not its raw bytes: ``value`` is the
+    parsed event as JSON (its fields as validated), ``key`` is null.
+    """
+    if row[0] == "o":
+        _, offset, order_id, customer_id, sku, quantity, price, ts, partition = row
+        event: dict[str, Any] = {
+            "order_id": order_id,
+            "customer_id": customer_id,
+            "sku": sku,
+            "quantity": quantity,
+            "unit_price": price,
+            "ts": format_ts(ts),
+        }
+    else:
+        _, offset, event_id, sku, reason, quantity, supplier_id, ts, partition = row
+        event = {
+            "event_id": event_id,
+            "sku": sku,
+            "reason": reason,
+            "quantity": quantity,
+            "supplier_id": supplier_id,
+            "ts": format_ts(ts),
+        }
+    value = orjson.dumps(event).decode()
+    return orjson.dumps(
+        {
+            "source_topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key": None,
+            "value": value,
+            "value_bytes": len(value.encode()),
+            "error": f"processing failed: {exc!r}"[:MAX_ERROR_CHARS],
+        }
+    )
+
+
+def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
+    """Feed one fetch of envelopes into the partition's merge, then apply whatever the
+    merge releases: one Batch (to commit) per ``BATCH_SIZE`` events, and a last one
+    that also moves the committed offset.
+
+    The caller commits each Batch before asking for the next. An event that fails is
+    isolated (:func:`isolate`): it becomes a dead letter, the rest goes on.
+    """
+    rt = _runtimes[tp.partition]
+    try:
+        for record in records:
+            feed(rt, record)
+    except Exception:
+        # Our own envelopes are valid by construction; if one is not, drop the
+        # in-memory state (it may be half-fed) and stop rather than guess.
+        forget_partitions({tp.partition})
+        raise
+    proc = start(rt)
+    applied: list[Waiting] = []
+    for _, item in rt.merge.ready():
+        try:
+            apply_event(proc, item)
+        except Exception as exc:
+            rt, proc = isolate(rt, applied, item, exc)
+            applied = []
+            continue
+        applied.append(item)
+        if len(applied) >= settings.batch_size:
+            yield finish(proc, tp)
+            proc, applied = start(rt), []
+    yield finish(proc, tp)
+
+
 async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], bool]) -> None:
-    """Apply and commit the envelopes of one partition: one transaction per
-    ``BATCH_SIZE`` events or ``BATCH_ENVELOPES`` envelopes, whichever comes first."""
-    proc: BatchProcessor | None = None
-    events = envelopes = 0
-    for record in records:
-        if proc is None:
-            rt = _runtimes.get(tp.partition)
-            if rt is None or not current():
-                return  # revoked meanwhile: Faust seeks back to the committed offset
-            proc = start(rt)
-        events += apply(proc, record)
-        envelopes += 1
-        if events >= settings.batch_size or envelopes >= settings.batch_envelopes:
-            await _commit(tp, finish(proc))
-            proc, events, envelopes = None, 0, 0
-    if proc is not None:
-        await _commit(tp, finish(proc))
+    """Apply and commit one fetch of envelopes of one partition."""
+    if tp.partition not in _runtimes or not current():
+        return  # revoked meanwhile: Faust seeks back to the committed offset
+    for batch in batches(tp, records):
+        await _commit(tp, batch)
+        if not current():
+            return
 
 
 async def _commit(tp: TP, batch: Batch) -> None:

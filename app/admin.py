@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 
 async def ensure_topics(
     bootstrap: str, topics: Iterable[tuple[str, dict[str, str]]], partitions: int
-) -> None:
-    """Create each missing topic; warn about an existing one with other partition counts."""
+) -> dict[str, int]:
+    """Create each missing topic; warn about an existing one with other partition counts.
+
+    Returns every topic's partition count as it is on the broker now.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -58,6 +61,7 @@ async def ensure_topics(
                     n,
                     partitions,
                 )
+        return {name: have.get(name, partitions) for name in wanted}
     finally:
         await admin.close()
 

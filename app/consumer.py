@@ -67,14 +67,48 @@ BatchHandler = Callable[[Records, Callable[[], bool]], Awaitable[None]]
 """``handler(records, current)``; ``current()`` is False once the records went stale."""
 
 _taps: dict[str, BatchHandler] = {}
+_every_fetch: set[BatchHandler] = set()
+_consumer: GaplessConsumer | None = None
+"""The worker's consumer, once built (for the module functions below)."""
 
 
-def tap(topic: str, handler: BatchHandler) -> None:
+def tap(topic: str, handler: BatchHandler, *, every_fetch: bool = False) -> None:
     """Deliver the records of ``topic`` to ``handler`` in batches instead of streams.
 
     The topic must still be subscribed (``app.topics.add``); no stream sees its records.
+    With ``every_fetch`` the handler is also called for a fetch that brought none of its
+    records (with an empty mapping), e.g. to notice that a partition reached its end.
     """
     _taps[topic] = handler
+    if every_fetch:
+        _every_fetch.add(handler)
+
+
+def committed_metadata(tp: TP) -> str | None:
+    """The metadata committed with ``tp``'s offset, as read at the last seek to the
+    committed offsets (None: nothing committed, or no consumer)."""
+    return None if _consumer is None else _consumer.committed_metadata.get(tp)
+
+
+def assigned_partitions(topics: Iterable[str]) -> list[TP]:
+    """This worker's partitions of ``topics`` (none without a consumer)."""
+    if _consumer is None:
+        return []
+    wanted = set(topics)
+    return [tp for tp in _consumer.assignment() if tp.topic in wanted]
+
+
+def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
+    """Per partition: has the consumer handed on everything the broker held at the last
+    fetch? (Its position has reached the last stable offset: read_committed.)
+
+    Read from aiokafka's subscription state, which only the consumer's thread writes;
+    called between two fetches (from a tap handler), so the position is that of the
+    records already handed on. Unknown (no fetch answered yet, a paused partition): False.
+    """
+    if _consumer is None:
+        return dict.fromkeys(tps, False)
+    return _consumer.read_to_end(tps)
 
 
 class GaplessConsumer(AIOKafkaConsumer):
@@ -88,6 +122,28 @@ class GaplessConsumer(AIOKafkaConsumer):
         """Partition -> where its last seek put it (None: nothing committed)."""
         self._holding = False
         self._held_resumes: set[TP] = set()
+        self.committed_metadata: dict[TP, str] = {}
+        """Partition -> the metadata of its committed offset, read at the last seek."""
+        global _consumer
+        _consumer = self
+
+    def read_to_end(self, tps: Iterable[TP]) -> dict[TP, bool]:
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+        assignment = consumer._subscription.subscription
+        states = None if assignment is None else assignment.assignment
+        ends: dict[TP, bool] = {}
+        for tp in tps:
+            at_end = False
+            try:
+                state = None if states is None else states.state_value(tp)
+            except (KeyError, AssertionError):  # pragma: no cover - unassigned meanwhile
+                state = None
+            if state is not None and state.has_valid_position() and not state.paused:
+                end = state.lso if self.in_transaction else state.highwater
+                at_end = end is not None and end >= 0 and state.position >= end
+            ends[tp] = at_end
+        return ends
 
     @contextmanager
     def resumes_after_seek(self) -> Iterator[None]:
@@ -145,10 +201,22 @@ class GaplessConsumer(AIOKafkaConsumer):
         thread: Any = self._thread
         consumer = thread._ensure_consumer()
 
-        async def read_committed() -> dict[Any, int | None]:
-            return {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+        async def read_committed() -> dict[Any, Any]:
+            # One OffsetFetch for all partitions, with the metadata (ingest keeps each
+            # input partition's largest ts there).
+            assigned = list(consumer.assignment())
+            found = await consumer._coordinator.fetch_committed_offsets(assigned)
+            return {tp: found.get(tp) for tp in assigned}
 
-        committed: dict[Any, int | None] = await thread.call_thread(read_committed)
+        found: dict[Any, Any] = await thread.call_thread(read_committed)
+        committed: dict[Any, int | None] = {}
+        for tp, om in found.items():
+            committed[tp] = om.offset if om is not None and om.offset >= 0 else None
+            key = TP(tp.topic, tp.partition)
+            if om is not None and om.offset >= 0 and om.metadata:
+                self.committed_metadata[key] = om.metadata
+            else:
+                self.committed_metadata.pop(key, None)
 
         async def seek_all() -> list[tuple[Any, int]]:
             assigned = consumer.assignment()
@@ -181,7 +249,7 @@ class GaplessConsumer(AIOKafkaConsumer):
 
         fetched_at = {tp: self._seek_mark(tp) for tp in records}
         held_back: dict[TP, int] = {}
-        tapped: dict[BatchHandler, dict[TP, Sequence[Any]]] = {}
+        tapped: dict[BatchHandler, dict[TP, Sequence[Any]]] = {h: {} for h in _every_fetch}
         rest: dict[TP, Any] = {}
         buffered = self._buffered_partitions
         for tp, batch in records.items():

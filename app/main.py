@@ -30,16 +30,17 @@ class StockTrackerApp(faust.App):
 
     async def on_first_start(self) -> None:
         from app.admin import ensure_topics, wipe_local_tables
-        from app.topics import ALL
+        from app.topics import ALL, partition_counts
 
         await super().on_first_start()
         if settings.processing_guarantee == "exactly_once":
             wipe_local_tables(Path(self.conf.tabledir))
-        await ensure_topics(
+        counts = await ensure_topics(
             settings.broker_host_ports,
             [(t.get_topic_name(), dict(t.config or {})) for t in ALL],
             settings.topic_partitions,
         )
+        partition_counts.update(counts)
 
     def _new_transport(self) -> Any:
         from app.consumer import GaplessConsumer

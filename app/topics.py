@@ -61,3 +61,16 @@ def sku_partition(sku: str) -> int:
     Tables, the SKU-keyed topic and HTTP routing all agree on it.
     """
     return int(murmur2(sku.encode()) & 0x7FFFFFFF) % settings.topic_partitions
+
+
+partition_counts: dict[str, int] = {}
+"""Topic name -> partitions it has on the broker, learnt at start (app/admin.py)."""
+
+
+def partitions_of(topic: Any) -> int:
+    """Partitions of a declared topic: as found on the broker, else TOPIC_PARTITIONS."""
+    return partition_counts.get(topic.get_topic_name(), settings.topic_partitions)
+
+
+def events_by_sku_partitions() -> int:
+    return partitions_of(events_by_sku)

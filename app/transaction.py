@@ -47,10 +47,14 @@ class Batch:
     """Partition of the tables' changelogs this batch writes (its source partition)."""
     newest_input_ts: float | None = None
     """Kafka timestamp (epoch seconds) of the newest input message, for the latency metric."""
+    metadata: dict[TP, str] = field(default_factory=dict)
+    """Input partition -> metadata committed with its offset (exactly-once mode only)."""
 
-    def consumed(self, tp: TP, offset: int) -> None:
+    def consumed(self, tp: TP, offset: int, metadata: str | None = None) -> None:
         if offset + 1 > self.sources.get(tp, -1):
             self.sources[tp] = offset + 1
+        if metadata is not None:
+            self.metadata[tp] = metadata
 
     def emit(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
@@ -145,7 +149,8 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
             sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
             if batch.sources:
                 offsets = {
-                    TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
+                    TopicPartition(tp.topic, tp.partition): (o, batch.metadata.get(tp, ""))
+                    for tp, o in batch.sources.items()
                 }
                 sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
             # aiokafka would commit a transaction even if one of its record batches

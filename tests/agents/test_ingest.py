@@ -50,18 +50,19 @@ def test_valid_events_are_routed_by_sku_and_bad_ones_dead_lettered() -> None:
         }
     )
     # Outside a running worker there is one producer, so one batch holds everything.
-    [(source, batch)] = batches.values()
+    [pending] = batches.values()
+    source, batch = pending.source, pending.batch
     assert source.partition == 1
     assert batch.sources == {TP(ORDERS, 1): 13, TP(STOCK, 1): 8}
     envelopes = [(p, orjson.loads(v)) for t, _, v, p in batch.outputs if t == ENVELOPES]
     by_sku: dict[str, list[Any]] = {}
-    for partition, rows in envelopes:
-        for row in rows:
+    for partition, env in envelopes:
+        for row in env["r"]:
             sku = row[4] if row[0] == "o" else row[3]
             assert partition == topics.sku_partition(sku)
-            by_sku.setdefault(sku, []).append((row[0], row[1], row[-1]))
-    # Kind, input offset and input partition; one SKU's events keep their order.
-    assert by_sku["A"] == [("o", 10, 1), ("s", 7, 1)]
+            by_sku.setdefault(sku, []).append((row[0], row[1], row[-2]))
+    # Kind, input offset and input partition.
+    assert sorted(by_sku["A"]) == [("o", 10, 1), ("s", 7, 1)]
     dead = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
     assert len(dead) == 1
     assert dead[0]["source_topic"] == ORDERS
@@ -74,24 +75,50 @@ def test_an_envelope_never_holds_more_than_its_row_limit() -> None:
     batches = ingest.build_batches(
         {TP(ORDERS, 0): [record(ORDERS, 0, i, order(f"o{i}", "SAME")) for i in range(n)]}
     )
-    [(_, batch)] = batches.values()
-    sizes = [len(orjson.loads(v)) for t, _, v, _ in batch.outputs if t == ENVELOPES]
-    assert sizes == [ingest.ENVELOPE_ROWS, 5]
-    rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)]
+    [pending] = batches.values()
+    batch = pending.batch
+    target = topics.sku_partition("SAME")
+    envs = [orjson.loads(v) for t, _, v, p in batch.outputs if t == ENVELOPES and p == target]
+    assert [len(e["r"]) for e in envs] == [ingest.ENVELOPE_ROWS, 5]
+    # The progress report rides on the last envelope only, after every row it covers.
+    assert [len(e["m"]) for e in envs] == [0, 1]
+    rows = [r for e in envs for r in e["r"]]
     assert [r[1] for r in rows] == list(range(n))  # offset order across envelopes
 
 
-def test_orders_and_stock_moves_of_one_fetch_are_applied_in_production_order() -> None:
-    move = {"event_id": "e1", "sku": "A", "reason": "delivery", "quantity": 5, "ts": 1_795_694_400}
+def test_every_sku_partition_hears_every_input_partitions_progress() -> None:
+    """Rows carry their partition's running max ts (the merge key's mts); every SKU
+    partition gets each source's report, also one that got no row."""
+    stamps = [100, 50, 300, 200]
     batches = ingest.build_batches(
         {
-            TP(ORDERS, 0): [
-                record(ORDERS, 0, 0, order("o1", "A"), ts_ms=100),
-                record(ORDERS, 0, 1, order("o2", "A"), ts_ms=300),
-            ],
-            TP(STOCK, 0): [record(STOCK, 0, 0, move, ts_ms=200)],
-        }
+            TP(ORDERS, 2): [
+                record(ORDERS, 2, i, {**order(f"o{i}", "A"), "ts": 1_795_694_400 + t})
+                for i, t in enumerate(stamps)
+            ]
+        },
+        ends={TP(ORDERS, 2): True, TP(STOCK, 2): False},
+        generation=7,
     )
-    [(_, batch)] = batches.values()
-    [rows] = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == ENVELOPES]
-    assert [row[2] for row in rows] == ["o1", "e1", "o2"]
+    [pending] = batches.values()
+    envs = {p: orjson.loads(v) for t, _, v, p in pending.batch.outputs if t == ENVELOPES}
+    assert sorted(envs) == list(range(topics.events_by_sku_partitions()))
+    rows = envs[topics.sku_partition("A")]["r"]
+    base = 1_795_694_400
+    assert [r[-1] - base for r in rows] == [100, 100, 300, 300]
+    for env in envs.values():
+        assert sorted(env["m"]) == [[0, 2, base + 300.0, 4, True, 7], [1, 2, None, None, False, 7]]
+    # The committed offset carries the mts, for whoever reads the partition next.
+    assert pending.batch.metadata == {TP(ORDERS, 2): repr(base + 300.0)}
+    assert ingest.mts_from_metadata(pending.batch.metadata[TP(ORDERS, 2)]) == base + 300.0
+
+
+def test_nothing_is_sent_for_a_partition_with_nothing_new_to_say() -> None:
+    ingest._sources.clear()
+    ends = {TP(STOCK, 0): True}
+    [pending] = ingest.build_batches({}, ends, generation=3).values()
+    ingest._sources.update(pending.states)
+    assert ingest.build_batches({}, ends, generation=3) == {}
+    # A new generation (a rebalance): said again, since the tracker trusts only it.
+    assert ingest.build_batches({}, ends, generation=4) != {}
+    ingest._sources.clear()

@@ -37,10 +37,15 @@ def delivery(eid: str, qty: int, ts: float) -> tuple[str, dict[str, Any]]:
 
 
 class Feed:
-    """Envelopes for one SKU partition, as ingest writes them, with growing offsets."""
+    """Envelopes for one SKU partition, as ingest writes them, with growing offsets.
+
+    Events come from partition 0 of their topic; every envelope also carries every
+    input partition's progress report, "read to its end" (a worker that is caught up).
+    """
 
     def __init__(self) -> None:
         self.input_offset = {ORDERS: 0, STOCK: 0}
+        self.mts: dict[str, float] = {}
         self.envelope_offset = 0
 
     def envelope(self, *events: tuple[str, dict[str, Any]], replay_of: Any = None) -> Any:
@@ -49,25 +54,28 @@ class Feed:
             offset = self.input_offset[topic]
             self.input_offset[topic] += 1
             _, row = envelope_row(topic == ORDERS, offset, orjson.dumps(value))
-            rows.append([*row, 0])  # input partition 0
+            self.mts[topic] = max(self.mts.get(topic, row[-1]), row[-1])
+            rows.append([*row, 0, self.mts[topic]])  # input partition 0, merge key's mts
+        marks = [
+            [code, part, self.mts.get(ORDERS if code == 0 else STOCK) if part == 0 else None]
+            + [0, True, 0]
+            for code, part in tracker.all_sources()
+        ]
         # What the batch tap hands the tracker: a raw aiokafka record.
         record = SimpleNamespace(
             topic=ENVELOPES,
             partition=P,
             offset=self.envelope_offset,
-            value=orjson.dumps(rows) if replay_of is None else replay_of.value,
+            value=orjson.dumps({"r": rows, "m": marks}) if replay_of is None else replay_of.value,
         )
         self.envelope_offset += 1
         return record
 
 
 def run(*records: Any) -> Batch:
-    """Process one batch and write it to the tables, as a committed transaction does."""
-    rt = tracker._runtimes.setdefault(P, tracker.rebuild(P))
-    proc = tracker.start(rt)
-    for record in records:
-        tracker.apply(proc, record)
-    batch = tracker.finish(proc)
+    """Process one fetch and write it to the tables, as a committed transaction does."""
+    tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    [batch] = list(tracker.batches(TP(ENVELOPES, P), records))
     list(_apply_to_stores(batch))
     return batch
 
@@ -185,3 +193,98 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
         return outputs
 
     assert play(rebuild_each_time=True) == play(rebuild_each_time=False)
+
+
+def envelope(offset: int, rows: list[list[Any]], marks: list[list[Any]]) -> Any:
+    return SimpleNamespace(
+        topic=ENVELOPES, partition=P, offset=offset, value=orjson.dumps({"r": rows, "m": marks})
+    )
+
+
+def row(topic: str, partition: int, offset: int, value: dict[str, Any], mts: float) -> list[Any]:
+    _, r = envelope_row(topic == ORDERS, offset, orjson.dumps(value))
+    return [*r, partition, mts]
+
+
+def report(code: int, partition: int, mts: float | None, at_end: bool) -> list[Any]:
+    return [code, partition, mts, 0, at_end, 0]
+
+
+def all_at_end(*but: tuple[int, int]) -> list[list[Any]]:
+    return [report(c, p, None, True) for c, p in tracker.all_sources() if (c, p) not in but]
+
+
+def test_events_wait_for_a_lagging_input_partition_and_then_apply_in_event_time_order() -> None:
+    """A delivery read late (its partition lagged) is still applied before a younger
+    order: the order waits until the stock partition has moved past it."""
+    tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    tp = TP(ENVELOPES, P)
+    first = envelope(
+        0,
+        [row(ORDERS, 0, 0, order("o1", 5, T0 + 60)[1], T0 + 60)],
+        [*all_at_end((1, 0)), report(1, 0, T0 - 100, False)],
+    )
+    [held] = list(tracker.batches(tp, [first]))
+    list(_apply_to_stores(held))
+    assert out(held, topics.order_status) == []
+    # Nothing applied: a restart must read envelope 0 again.
+    assert held.sources == {tp: 0}
+    second = envelope(
+        1,
+        [row(STOCK, 0, 7, delivery("d1", 10, T0)[1], T0)],
+        [report(1, 0, T0 + 61, False)],  # stock partition 0 has moved past the order
+    )
+    [batch] = list(tracker.batches(tp, [second]))
+    list(_apply_to_stores(batch))
+    [status] = out(batch, topics.order_status)
+    assert (status["status"], status["level_after"]) == ("allocated", 5)
+    assert batch.sources == {tp: 2}
+
+
+def test_a_stale_read_to_end_report_of_an_older_generation_is_not_trusted() -> None:
+    rt = tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    rt.generation = 5
+    tp = TP(ENVELOPES, P)
+    stale = [[c, p, None, 0, True, 4] for c, p in tracker.all_sources()]
+    rec = envelope(0, [row(ORDERS, 0, 0, order("o1", 1, T0)[1], T0)], stale)
+    [batch] = list(tracker.batches(tp, [rec]))
+    assert out(batch, topics.order_status) == []
+    fresh = [[c, p, None, 0, True, 5] for c, p in tracker.all_sources()]
+    [batch] = list(tracker.batches(tp, [envelope(1, [], fresh)]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+
+
+def test_an_event_whose_processing_fails_is_dead_lettered_and_the_rest_of_the_batch_commits(
+    monkeypatch: Any,
+) -> None:
+    """Fault injection: the rules raise for one chosen order. That order becomes a dead
+    letter; the events before and after it in the same batch are applied exactly once,
+    and the state is as if the bad order had never been there."""
+    real = tracker.apply_order
+
+    def failing(state: Any, o: Any, **kw: Any) -> Any:
+        if o.order_id == "poison":
+            raise OverflowError("injected failure")
+        return real(state, o, **kw)
+
+    monkeypatch.setattr(tracker, "apply_order", failing)
+    feed = Feed()
+    run(feed.envelope(delivery("d0", 50, T0)))
+    env = feed.envelope(order("o1", 4, T0 + 1), order("poison", 7, T0 + 2), order("o2", 3, T0 + 3))
+    batch = run(env)
+    statuses = out(batch, topics.order_status)
+    assert [(s["order_id"], s["level_after"]) for s in statuses] == [("o1", 46), ("o2", 43)]
+    assert [lv["level"] for lv in out(batch, topics.stock_levels)] == [46, 43]
+    [letter] = out(batch, topics.dead_letters)
+    assert letter["source_topic"] == ORDERS and letter["offset"] == 1
+    assert "injected failure" in letter["error"]
+    assert orjson.loads(letter["value"])["order_id"] == "poison"
+    rt = tracker._runtimes[P]
+    assert rt.counters["orders"] == 2 and rt.counters["failed"] == 1
+    # The id of the failed order is not remembered: only applied events are.
+    assert not any(b"poison" in k for k in rt.seen)
+    # A re-delivery (after a crash) skips it as applied: no second dead letter.
+    tracker._runtimes.clear()
+    again = run(feed.envelope(replay_of=env))
+    assert again.outputs == []
+    assert tracker._runtimes[P].counters["replayed"] == 3

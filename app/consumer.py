@@ -139,7 +139,7 @@ class GaplessConsumer(AIOKafkaConsumer):
                 state = None if states is None else states.state_value(tp)
             except (KeyError, AssertionError):  # pragma: no cover - unassigned meanwhile
                 state = None
-            if state is not None and state.has_valid_position() and not state.paused:
+            if state is not None and state.has_valid_position and not state.paused:
                 end = state.lso if self.in_transaction else state.highwater
                 at_end = end is not None and end >= 0 and state.position >= end
             ends[tp] = at_end

@@ -47,6 +47,7 @@ from app import scenarios as sc
 from app.events import format_ts
 from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.rules import merge
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
 from app.settings import Settings
@@ -648,23 +649,31 @@ class Expected:
 
 
 def compute_expected(events: Iterable[sc.Event], conf: Settings, *, live: bool) -> Expected:
-    """Apply the stream with the app's rules, in production order.
+    """Apply the stream with the app's rules, in the contract's merge order.
 
+    The events are taken as produced by ``inject``: keyed by SKU, so each lands in the
+    input partition Kafka's default partitioner picks for its key, in production order
+    there; the valid ones are then applied sorted by merge key (app/rules/merge.py).
     The duplicate memory is modelled per partition with the app's 24-hour horizon;
     where the app forgets ids at the end of a batch, this forgets them on lookup, so
     the two agree except for a duplicate arriving within one batch of the horizon.
     """
     exp = Expected(conf, windows_known=not live)
-    for n, event in enumerate(events, start=1):
+    valid: list[tuple[tuple[int, int], float, tuple[str, Order | StockMove]]] = []
+    for event in events:
         exp.events += 1
         exp.per_topic[event.topic] += 1
         parsed = sc.parse_event(event)
         if parsed is None:
             exp.dead_lettered += 1
             continue
+        code = merge.ORDERS if event.topic == "orders" else merge.STOCK
+        partition = sku_partition(event.key, conf.topic_partitions) if event.key else 0
+        valid.append(((code, partition), parsed.ts, (event.topic, parsed)))
+    for n, (topic, parsed) in enumerate(merge.contract_order(valid), start=1):
         exp.first_ts = parsed.ts if exp.first_ts is None else exp.first_ts
         exp.last_ts = parsed.ts if exp.last_ts is None else max(exp.last_ts, parsed.ts)
-        if not _is_new(exp, event.topic, parsed):
+        if not _is_new(exp, topic, parsed):
             exp.duplicates += 1
             continue
         if isinstance(parsed, Order):

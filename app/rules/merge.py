@@ -143,3 +143,20 @@ class Merge(Generic[T]):
     def pending(self) -> Iterator[T]:
         """The waiting events, in no particular order."""
         return (item for _, _, item in self._heap)
+
+
+def contract_order(events: Iterable[tuple[Source, float, T]]) -> list[T]:
+    """The contract's order of a finished stream (a replay: every source read to its
+    end). ``events`` lists each source's valid events in offset order (sources may
+    interleave), as ``(source, ts, item)``; returns the items in merge-key order."""
+    mts: dict[Source, float] = {}
+    count: dict[Source, int] = {}
+    keyed: list[tuple[Key, T]] = []
+    for source, ts, item in events:
+        m = max(mts.get(source, NEVER), ts)
+        mts[source] = m
+        n = count.get(source, 0)
+        count[source] = n + 1
+        keyed.append(((m, source[0], source[1], n), item))
+    keyed.sort(key=lambda pair: pair[0])
+    return [item for _, item in keyed]

@@ -299,9 +299,9 @@ def _order(sku: str, oid: str, quantity: int = 1, ts: int = 1795683600) -> sc.Ev
     return sc.Event("orders", sku, {**value, "unit_price": 1, "ts": ts}, float(ts))
 
 
-def _move(sku: str, eid: str) -> sc.Event:
+def _move(sku: str, eid: str, ts: int = 1795683600) -> sc.Event:
     value = {"event_id": eid, "sku": sku, "reason": "delivery", "quantity": 5}
-    return sc.Event("stock", sku, {**value, "ts": 1795683600}, 1795683600.0)
+    return sc.Event("stock", sku, {**value, "ts": ts}, float(ts))
 
 
 def test_pacer_sets_a_barrier_when_a_sku_switches_topic() -> None:
@@ -400,7 +400,7 @@ def test_expect_counts_duplicates_dead_letters_backorders_and_supplier_orders() 
     from app.settings import Settings
 
     events = [
-        _move("A", "s1"),  # level 5: a supplier order for 95 opens
+        _move("A", "s1", ts=1795683599),  # level 5: a supplier order for 95 opens
         _order("A", "o1"),
         _order("A", "o1"),  # a duplicate
         sc.Event("orders", None, b"{", 1795683600.0),  # a dead letter
@@ -416,6 +416,23 @@ def test_expect_counts_duplicates_dead_letters_backorders_and_supplier_orders() 
         (so.supplier_order_id, so.quantity, so.status) for so in a.supplier_orders.values()
     ]
     assert supplier_orders == [("SO-A-1", 95, "open")]
+
+
+def test_expect_applies_the_contracts_merge_order_not_the_production_order() -> None:
+    """Orders sort before stock moves of the same ts, and a stock move produced after
+    an order but older than it is applied first."""
+    from app.commands import compute_expected
+    from app.settings import Settings
+
+    t0 = 1795683600
+    tie = compute_expected(
+        [_move("A", "s1", ts=t0), _order("A", "o1", ts=t0)], Settings(), live=False
+    )
+    assert tie.statuses["o1"]["status"] == "backordered"
+    older = compute_expected(
+        [_order("A", "o1", ts=t0 + 30), _move("A", "s1", ts=t0)], Settings(), live=False
+    )
+    assert older.statuses["o1"]["status"] == "allocated"
 
 
 def test_expect_windows_and_late_orders_follow_the_partition_stream_time() -> None:

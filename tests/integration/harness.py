@@ -276,3 +276,45 @@ def read_topic(
         return out
 
     return asyncio.run(run())
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create topics with ``partitions`` partitions (before any worker or producer does)."""
+
+    async def run() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def produce_to(
+    bootstrap: str, messages: Iterable[tuple[str, int, bytes | Mapping[str, Any]]]
+) -> int:
+    """Write (topic, partition, value) messages, each to the partition given, in order."""
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        n = 0
+        try:
+            sent = []
+            for topic, partition, v in messages:
+                raw = v if isinstance(v, bytes) else orjson.dumps(v)
+                sent.append(await producer.send(topic, raw, partition=partition))
+                n += 1
+                if len(sent) >= 5000:
+                    await asyncio.gather(*sent)
+                    sent.clear()
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        return n
+
+    return asyncio.run(run())

@@ -56,11 +56,10 @@ class Feed:
             _, row = envelope_row(topic == ORDERS, offset, orjson.dumps(value))
             self.mts[topic] = max(self.mts.get(topic, row[-1]), row[-1])
             rows.append([*row, 0, self.mts[topic]])  # input partition 0, merge key's mts
-        marks = [
-            [code, part, self.mts.get(ORDERS if code == 0 else STOCK) if part == 0 else None]
-            + [0, True, 0]
-            for code, part in tracker.all_sources()
-        ]
+        marks = []
+        for code, part in tracker.all_sources():
+            mts = self.mts.get(ORDERS if code == 0 else STOCK) if part == 0 else None
+            marks.append([code, part, mts, 0, True, 0])
         # What the batch tap hands the tracker: a raw aiokafka record.
         record = SimpleNamespace(
             topic=ENVELOPES,

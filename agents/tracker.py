@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,7 +33,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from app import topics
+from app import metrics, topics
 from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
@@ -99,6 +100,8 @@ class Waiting:
 
     row: list[Any]
     envelope_offset: int
+    arrived: float = 0.0
+    """time.monotonic() when the tracker got it (for the merge-wait metric)."""
 
 
 log = logging.getLogger(__name__)
@@ -486,11 +489,12 @@ def feed(rt: PartitionRuntime, record: Any) -> int:
     merge = rt.merge
     new = 0
     offset = record.offset
+    now = time.monotonic()
     for row in doc["r"]:
         mts = row.pop()
         source_partition = row[-1]
         code = m.ORDERS if row[0] == "o" else m.STOCK
-        if merge.push((mts, code, source_partition, row[1]), Waiting(row, offset)):
+        if merge.push((mts, code, source_partition, row[1]), Waiting(row, offset, now)):
             new += 1
         else:
             rt.counters["replayed"] += 1
@@ -630,7 +634,10 @@ def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
         raise
     proc = start(rt)
     applied: list[Waiting] = []
+    now = time.monotonic()
+    observe = metrics.MERGE_WAIT.observe
     for _, item in rt.merge.ready():
+        observe(now - item.arrived)
         try:
             apply_event(proc, item)
         except Exception as exc:

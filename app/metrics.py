@@ -198,6 +198,15 @@ BATCH_LATENCY = REGISTRY.register(
     )
 )
 
+MERGE_WAIT = REGISTRY.register(
+    Histogram(
+        "stock_tracker_merge_wait_seconds",
+        "Seconds a valid event waited in the join's event-time merge: from the fetch that "
+        "brought it to the tracker to its application (agents/tracker.py).",
+        (0.0005, 0.001, *LATENCY_BUCKETS),
+    )
+)
+
 _committed_offsets: dict[Any, int] = {}
 """Input partition (TP) -> next offset to read, as of the last committed batch."""
 

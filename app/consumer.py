@@ -58,6 +58,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import Any
 
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
@@ -111,8 +112,31 @@ def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
     return _consumer.read_to_end(tps)
 
 
+FETCH_MAX_WAIT_MS = 20
+"""Longest the broker holds a fetch that found nothing to return (Faust hard-codes 1,500).
+
+Under read_committed a fetch can return a transaction's records only after its commit
+marker; a fetch that found none waits up to this long before the consumer asks again,
+and an order crosses two transactional hops (input -> ingest -> tracker). A short wait
+bounds what each hop can add; an idle worker pays a small fetch request per broker
+every 20 ms for it.
+"""
+
+
+class FastFetchConsumerThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread, with a short fetch wait (see FETCH_MAX_WAIT_MS)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class GaplessConsumer(AIOKafkaConsumer):
     """A consumer whose fetch position never passes a record it did not deliver."""
+
+    def _new_consumer_thread(self) -> Any:
+        return FastFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

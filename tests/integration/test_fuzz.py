@@ -395,7 +395,18 @@ def quoted(raw: bytes | None, limit: int, got: Any) -> str | None:
 
 
 def wait_until(worker: Worker, done: Callable[[dict[str, Any]], bool], timeout_s: float) -> Any:
-    return worker.wait_for("/stats", done, timeout_s=timeout_s)
+    """Poll ``/stats`` until ``done(stats)``; fail at once if the worker process exits."""
+    deadline = time.monotonic() + timeout_s
+    body: Any = None
+    while time.monotonic() < deadline:
+        assert worker.proc is not None
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited ({worker.proc.returncode}):\n{worker.tail()}")
+        status, body = worker.get("/stats")
+        if status == 200 and done(body):
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting on /stats; last answer: {body}\n{worker.tail()}")
 
 
 def test_fuzzed_hostile_input_is_dead_lettered_once_and_valid_input_applied_exactly(

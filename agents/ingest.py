@@ -141,6 +141,9 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
             except InvalidEvent as exc:
                 batch.emit(dl_topic, None, dead_letter(record, str(exc)))
                 continue
+            except Exception as exc:  # a value no rule foresaw: still only its own fault
+                batch.emit(dl_topic, None, dead_letter(record, unforeseen(record, exc)))
+                continue
             row.append(source_partition)
             target = sku_partition(sku)
             found = by_partition.get(target)
@@ -152,6 +155,20 @@ def build_batches(records: Records) -> dict[str, tuple[TP, Batch]]:
             for envelope in envelopes(evs):
                 batch.emit(target_topic, None, envelope, partition)
     return by_tid
+
+
+def unforeseen(record: Any, exc: Exception) -> str:
+    """The dead letter's reason for a message the parser failed on without InvalidEvent
+    (a bug, not the producer's fault; logged). Still only this message is rejected: the
+    contract's "no input stops the worker"."""
+    app.log.warning(
+        "Dead-lettered %s[%s]@%s: unexpected %r while parsing",
+        record.topic,
+        record.partition,
+        record.offset,
+        exc,
+    )
+    return f"could not be processed: {type(exc).__name__}: {exc}"
 
 
 def _timestamp(item: tuple[int, Any]) -> int:

@@ -140,3 +140,31 @@ def test_a_far_future_or_ancient_ts_is_dead_lettered_and_the_dead_letter_bounded
     assert dead[2]["key_bytes"] == 100_000
     assert all(len(v) <= 128 * 1024 for t, _, v, _ in batch.outputs if t == DEAD)
     assert sum(len(orjson.loads(v)) for t, _, v, _ in batch.outputs if t == ENVELOPES) == 1
+
+
+def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
+    monkeypatch: Any,
+) -> None:
+    real = ingest.parse_order
+
+    def flaky(raw: bytes | None, *args: Any) -> Any:
+        if raw is not None and b'"poison"' in raw:
+            raise RuntimeError("a rule nobody foresaw")
+        return real(raw, *args)
+
+    monkeypatch.setattr(ingest, "parse_order", flaky)
+    batches = ingest.build_batches(
+        {
+            TP(ORDERS, 0): [
+                record(ORDERS, 0, 0, order("o1", "A")),
+                record(ORDERS, 0, 1, order("poison", "A")),
+                record(ORDERS, 0, 2, order("o2", "A")),
+            ]
+        }
+    )
+    [(_, batch)] = batches.values()
+    [letter] = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
+    assert letter["offset"] == 1
+    assert letter["error"] == "could not be processed: RuntimeError: a rule nobody foresaw"
+    rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)]
+    assert [r[2] for r in rows] == ["o1", "o2"]

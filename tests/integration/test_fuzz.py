@@ -302,8 +302,11 @@ class Kafka:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
 
-    def produce(self, messages: list[tuple[str, bytes | None, bytes | None]]) -> list[Any]:
-        """Send (topic, key, value) in order; return each one's (topic, partition, offset)."""
+    def produce(
+        self, messages: list[tuple[str, bytes | None, bytes | None, int | None]]
+    ) -> list[Any]:
+        """Send (topic, key, value, Kafka timestamp in ms or None for now) in order;
+        return each one's (topic, partition, offset)."""
 
         async def run() -> list[Any]:
             producer = AIOKafkaProducer(
@@ -312,7 +315,8 @@ class Kafka:
             await producer.start()
             try:
                 futures = [
-                    await producer.send(topic, value, key=key) for topic, key, value in messages
+                    await producer.send(topic, value, key=key, timestamp_ms=ts)
+                    for topic, key, value, ts in messages
                 ]
                 done = await asyncio.gather(*futures)
             finally:
@@ -427,7 +431,15 @@ def test_fuzzed_hostile_input_is_dead_lettered_once_and_valid_input_applied_exac
 
     def send(batch: list[tuple[str, bytes | None, bytes | None, bool]]) -> None:
         nonlocal valid_sent
-        where = kafka_io.produce([(topic_of[t], k, v) for t, k, v, _ in batch])
+        # Kafka timestamps are the producer's to choose, too: some hostile messages come
+        # from the epoch or 1999 (the broker refuses ones more than an hour ahead).
+        odd = [0, 1, 946_684_799_000]
+        where = kafka_io.produce(
+            [
+                (topic_of[t], k, v, rng.choice(odd) if bad and rng.random() < 0.1 else None)
+                for t, k, v, bad in batch
+            ]
+        )
         for (_, key, value, bad), position in zip(batch, where, strict=True):
             if bad:
                 hostile[position] = (key, value)

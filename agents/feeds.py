@@ -53,8 +53,24 @@ async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
             batch = Batch(table_partition=partition)
             for event in group:
                 message = event.message
-                letter = orjson.loads(message.value)
-                count_dead_letter(summary, letter, format_ts(message.timestamp))
+                count_dead_letter(summary, _letter(message.value), _when(message.timestamp))
                 batch.consumed(message.tp, message.offset)
             batch.put(dead_letter_stats, key, orjson.dumps(summary))
             await commit(batch, source=group[0].message.tp)
+
+
+def _letter(value: bytes | None) -> Any:
+    """The decoded dead letter, or None for what is not one (anyone can write to the
+    topic; count_dead_letter ignores what is not a dead letter)."""
+    try:
+        return orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _when(timestamp: float) -> str:
+    # A producer picks the Kafka timestamp of what it writes, up to year 292 million.
+    try:
+        return format_ts(timestamp)
+    except ValueError:
+        return ""

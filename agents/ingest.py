@@ -29,6 +29,7 @@ that writes the envelopes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,22 +39,29 @@ from faust.types import TP
 
 from app import metrics, topics
 from app.consumer import Records, assigned_partitions, committed_metadata, read_to_end, tap
-from app.events import InvalidEvent, parse_order, parse_stock
-from app.main import app
-from app.rules import merge
+from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
+from app.main import app, settings
+from app.rules import dead_letters, merge
 from app.transaction import Batch, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
 
 
-def envelope_row(is_order: bool, offset: int, raw: bytes | None) -> tuple[str, list[Any]]:
+def envelope_row(
+    is_order: bool,
+    offset: int,
+    raw: bytes | None,
+    now: float | None = None,
+    max_future_s: float = DEFAULT_MAX_FUTURE_S,
+) -> tuple[str, list[Any]]:
     """Parse one input message (an order, else a stock move) into (sku, compact row).
 
-    Raises InvalidEvent.
+    ``now``: the worker's clock, for the bound on ``ts`` (app/events.py). Raises
+    InvalidEvent.
     """
     if is_order:
-        o = parse_order(raw)
+        o = parse_order(raw, now, max_future_s)
         return o.sku, [
             ORDER,
             offset,
@@ -64,31 +72,51 @@ def envelope_row(is_order: bool, offset: int, raw: bytes | None) -> tuple[str, l
             str(o.unit_price),
             o.ts,
         ]
-    s = parse_stock(raw)
+    s = parse_stock(raw, now, max_future_s)
     return s.sku, [STOCK, offset, s.event_id, s.sku, s.reason, s.quantity, s.supplier_id, s.ts]
 
 
 def dead_letter(message: Any, error: str) -> bytes:
-    """The ``dead-letters`` value for a rejected message (a record or a Faust message):
-    where it was, what, and why."""
-
-    def text(b: bytes | None) -> str | None:
-        return None if b is None else b.decode("utf-8", errors="replace")
-
-    return orjson.dumps(
-        {
-            "source_topic": message.topic,
-            "partition": message.partition,
-            "offset": message.offset,
-            "key": text(message.key),
-            "value": text(message.value),
-            "error": error,
-        }
+    """The ``dead-letters`` value for a rejected message (a record or a Faust message),
+    bounded in size (app/rules/dead_letters.py)."""
+    return dead_letters.dead_letter(
+        message.topic, message.partition, message.offset, message.key, message.value, error
     )
 
 
 ENVELOPE_ROWS = 2_000
-"""Most rows per envelope: ~500 kB even with 64-character ids, below Kafka's 1 MB limit."""
+"""Most rows per envelope (~250 kB with ordinary ids)."""
+
+ENVELOPE_BYTES = 512 * 1024
+"""Most bytes per envelope: a row of 64-character ids of escaped characters is ~1.5 kB,
+so a full envelope of them would pass Kafka's 1 MB limit; it is split instead."""
+
+
+def envelopes(rows: list[list[Any]], marks: list[list[Any]]) -> list[bytes]:
+    """``rows`` as envelopes ``{"r": rows, "m": reports}`` of at most ENVELOPE_ROWS rows
+    and ENVELOPE_BYTES bytes, in order; the progress reports ride on the last one, after
+    every row they cover (always one envelope, also without rows). A part that comes out
+    too large is halved until it fits (a row is ~2 kB at most, app/events.py bounds
+    every field)."""
+    parts: list[list[list[Any]]] = []
+    for i in range(0, len(rows), ENVELOPE_ROWS):
+        _split_into(rows[i : i + ENVELOPE_ROWS], parts)
+    if not parts:
+        parts.append([])
+    last = len(parts) - 1
+    return [
+        orjson.dumps({"r": part, "m": marks if i == last else []}) for i, part in enumerate(parts)
+    ]
+
+
+def _split_into(rows: list[list[Any]], out: list[list[list[Any]]]) -> None:
+    if len(rows) == 1 or len(orjson.dumps(rows)) <= ENVELOPE_BYTES - 64 * 1024:
+        out.append(rows)
+        return
+    half = len(rows) // 2
+    _split_into(rows[:half], out)
+    _split_into(rows[half:], out)
+
 
 TOPIC_CODE = {ORDER: merge.ORDERS, STOCK: merge.STOCK}
 
@@ -158,6 +186,9 @@ def build_batches(
     sku_partition = topics.sku_partition
     n_targets = topics.events_by_sku_partitions()
     marks_by_tid: dict[str, list[list[Any]]] = {}
+    # One clock reading per fetch: the bound on ts is the worker's clock (the contract).
+    now = time.time()
+    max_future_s = settings.max_future_seconds
     rows_by_tid: dict[str, dict[int, list[list[Any]]]] = {}
 
     def pending_for(tp: TP) -> tuple[str, Pending]:
@@ -183,9 +214,12 @@ def build_batches(
         by_partition = rows_by_tid[tid]
         for record in batch_records:
             try:
-                sku, row = envelope_row(is_order, record.offset, record.value)
+                sku, row = envelope_row(is_order, record.offset, record.value, now, max_future_s)
             except InvalidEvent as exc:
                 batch.emit(dl_topic, None, dead_letter(record, str(exc)))
+                continue
+            except Exception as exc:  # a value no rule foresaw: still only its own fault
+                batch.emit(dl_topic, None, dead_letter(record, unforeseen(record, exc)))
                 continue
             ts = row[-1]
             if ts > mts:
@@ -210,16 +244,23 @@ def build_batches(
         by_partition = rows_by_tid[tid]
         marks = marks_by_tid[tid]
         for partition in range(n_targets):
-            evs = by_partition.get(partition, [])
-            # Rows of one partition in chunks; the progress report rides on the last one,
-            # after every row it covers.
-            for i in range(0, len(evs), ENVELOPE_ROWS):
-                last = i + ENVELOPE_ROWS >= len(evs)
-                chunk = {"r": evs[i : i + ENVELOPE_ROWS], "m": marks if last else []}
-                batch.emit(target_topic, None, orjson.dumps(chunk), partition)
-            if not evs:
-                batch.emit(target_topic, None, orjson.dumps({"r": [], "m": marks}), partition)
+            for envelope in envelopes(by_partition.get(partition, []), marks):
+                batch.emit(target_topic, None, envelope, partition)
     return by_tid
+
+
+def unforeseen(record: Any, exc: Exception) -> str:
+    """The dead letter's reason for a message the parser failed on without InvalidEvent
+    (a bug, not the producer's fault; logged). Still only this message is rejected: the
+    contract's "no input stops the worker"."""
+    app.log.warning(
+        "Dead-lettered %s[%s]@%s: unexpected %r while parsing",
+        record.topic,
+        record.partition,
+        record.offset,
+        exc,
+    )
+    return f"could not be processed: {type(exc).__name__}: {exc}"
 
 
 async def ingest(records: Records, current: Callable[[], bool]) -> None:

@@ -13,7 +13,6 @@ the work of describing what is wrong is only done once something is.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,18 +24,31 @@ from app.models import Order, StockMove, StockReason
 MAX_ID_CHARS = 64
 """Longest id (order_id, customer_id, sku, event_id, supplier_id), in characters."""
 
-MAX_QUANTITY = 2**53 - 1
-"""Largest quantity accepted. Consumers that read JSON numbers as doubles (JavaScript
-dashboards) still see it exactly, and sums of many of them stay far from overflow."""
+MAX_QUANTITY = 1_000_000
+"""Largest quantity accepted, in absolute value (the contract's bounds). With at most a
+few billion events per SKU, no level or window sum comes near 64 bits, and consumers
+that read JSON numbers as doubles (JavaScript dashboards) see every sum exactly."""
+
+MAX_UNIT_PRICE = 1_000_000
+"""Largest unit_price accepted; quantity x unit_price is then at most 10**12, and a
+window's revenue stays an exact, finite number."""
 
 MIN_TS = 0.0
-"""Earliest accepted event time: 1970-01-01T00:00:00Z."""
+"""Earliest time :func:`parse_ts` accepts: 1970-01-01T00:00:00Z."""
 
 MAX_TS = 253402214400.0
-"""Accepted event times are before 9999-12-31T00:00:00Z. The last day of year 9999 is
-left out so that the end of a window (up to a day long) can still be formatted."""
+"""Times :func:`parse_ts` accepts are before 9999-12-31T00:00:00Z. The last day of year
+9999 is left out so that the end of a window (up to a day long) can still be formatted."""
+
+MIN_EVENT_TS = 946684800.0
+"""Earliest accepted event time: 2000-01-01T00:00:00Z (the contract's bounds)."""
+
+DEFAULT_MAX_FUTURE_S = 3600.0
+"""How far ahead of the worker's clock an event time may be (``MAX_FUTURE_SECONDS``)."""
 
 _RANGE_TEXT = "between 1970-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
+_EARLIEST_TEXT = "2000-01-01T00:00:00Z"
+_EVENT_RANGE_TEXT = "between 2000-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
 
 _REASONS: dict[str, StockReason] = {
     "delivery": "delivery",
@@ -74,8 +86,15 @@ class InvalidEvent(ValueError):
 # --- public API -------------------------------------------------------------------
 
 
-def parse_order(raw: bytes | None) -> Order:
-    """Validate one ``orders`` message value; raise :class:`InvalidEvent` if it is bad."""
+def parse_order(
+    raw: bytes | None, now: float | None = None, max_future_s: float = DEFAULT_MAX_FUTURE_S
+) -> Order:
+    """Validate one ``orders`` message value; raise :class:`InvalidEvent` if it is bad.
+
+    ``now`` is the worker's clock (epoch seconds): ``ts`` may be at most ``max_future_s``
+    ahead of it. Ingest always passes it; ``None`` (offline tools, replays whose wall
+    clock is not the worker's) checks every bound but that one.
+    """
     obj = _load_object(raw)
     try:
         order_id = obj["order_id"]
@@ -95,11 +114,17 @@ def parse_order(raw: bytes | None) -> Order:
     # `type() is int` on purpose: JSON true/false arrive as bool, a subclass of int.
     if type(quantity) is not int or not 0 < quantity <= MAX_QUANTITY:
         raise _integer_error("quantity", quantity, "an integer >= 1", 1)
-    return Order(order_id, customer_id, sku, quantity, _price(unit_price), parse_ts(ts))
+    price = _price(unit_price)
+    return Order(order_id, customer_id, sku, quantity, price, event_ts(ts, now, max_future_s))
 
 
-def parse_stock(raw: bytes | None) -> StockMove:
-    """Validate one ``stock`` message value; raise :class:`InvalidEvent` if it is bad."""
+def parse_stock(
+    raw: bytes | None, now: float | None = None, max_future_s: float = DEFAULT_MAX_FUTURE_S
+) -> StockMove:
+    """Validate one ``stock`` message value; raise :class:`InvalidEvent` if it is bad.
+
+    ``now`` and ``max_future_s`` as for :func:`parse_order`.
+    """
     obj = _load_object(raw)
     try:
         event_id = obj["event_id"]
@@ -126,11 +151,35 @@ def parse_stock(raw: bytes | None) -> StockMove:
     elif type(quantity) is not int or not 0 < quantity <= MAX_QUANTITY:
         raise _integer_error("quantity", quantity, f"an integer >= 1 for a {kind}", 1)
     supplier_id = obj.get("supplier_id")
+    # Unlike the ids, an empty supplier_id is valid: it is free text, and optional.
     if supplier_id is not None and (
-        type(supplier_id) is not str or not 0 < len(supplier_id) <= MAX_ID_CHARS
+        type(supplier_id) is not str or len(supplier_id) > MAX_ID_CHARS
     ):
         raise _string_error("supplier_id", supplier_id, nullable=True)
-    return StockMove(event_id, sku, kind, quantity, supplier_id, parse_ts(ts))
+    return StockMove(event_id, sku, kind, quantity, supplier_id, event_ts(ts, now, max_future_s))
+
+
+def event_ts(
+    value: object,
+    now: float | None = None,
+    max_future_s: float = DEFAULT_MAX_FUTURE_S,
+    field: str = "ts",
+) -> float:
+    """The event time of a decoded JSON value, within the contract's bounds.
+
+    As :func:`parse_ts`, but the time must also be on or after 2000-01-01T00:00:00Z and
+    (when ``now`` is given) at most ``max_future_s`` seconds ahead of ``now``.
+    """
+    latest = MAX_TS if now is None else min(MAX_TS, now + max_future_s)
+    if type(value) is float or type(value) is int:
+        # Compare before float(): a huge int would overflow, NaN fails every test.
+        if MIN_EVENT_TS <= value <= latest and value < MAX_TS:
+            return float(value)
+        raise _event_range_error(field, value, value, now, max_future_s, latest)
+    ts = _to_seconds(value, field)
+    if MIN_EVENT_TS <= ts <= latest and ts < MAX_TS:
+        return ts
+    raise _event_range_error(field, value, ts, now, max_future_s, latest)
 
 
 def parse_ts(value: object, field: str = "ts") -> float:
@@ -138,8 +187,23 @@ def parse_ts(value: object, field: str = "ts") -> float:
 
     Accepts an ISO-8601 date and time (``2026-11-26T12:00:00Z``,
     ``2026-11-26T13:00:00+01:00``, fractional seconds; no offset means UTC) or a JSON
-    number of seconds since the epoch. Raises :class:`InvalidEvent` naming ``field``.
+    number of seconds since the epoch, from 1970 to the end of year 9999. Raises
+    :class:`InvalidEvent` naming ``field``. Event times have narrower bounds: see
+    :func:`event_ts`.
     """
+    if type(value) is float or type(value) is int:
+        # Compare before float(): a huge int would overflow, NaN fails every test.
+        if not MIN_TS <= value < MAX_TS:
+            raise _ts_range_error(field, value)
+        return float(value)
+    ts = _to_seconds(value, field)
+    if not MIN_TS <= ts < MAX_TS:
+        raise _ts_range_error(field, value)
+    return ts
+
+
+def _to_seconds(value: object, field: str) -> float:
+    """Seconds since the epoch of a JSON time (number or ISO-8601 text), unchecked range."""
     if type(value) is str:
         # Fast path for the usual shape, 2026-11-26T12:00:00[.fff]Z: when Python parses
         # it, it is a UTC time and nothing else needs checking.
@@ -150,20 +214,14 @@ def parse_ts(value: object, field: str = "ts") -> float:
                 ts = _parse_iso(value, field)  # raises, with the details
         else:
             ts = _parse_iso(value, field)
-    elif type(value) is float or type(value) is int:
-        # Compare before float(): a huge int would overflow, NaN fails every test.
-        if not MIN_TS <= value < MAX_TS:
-            raise _ts_range_error(field, value)
+        return ts
+    if type(value) is float or type(value) is int:
         return float(value)
-    else:
-        raise InvalidEvent(
-            f"{field}: must be an ISO-8601 time string or a number of seconds since "
-            f"the epoch, got {_describe(value)}",
-            field,
-        )
-    if not MIN_TS <= ts < MAX_TS:
-        raise _ts_range_error(field, value)
-    return ts
+    raise InvalidEvent(
+        f"{field}: must be an ISO-8601 time string or a number of seconds since "
+        f"the epoch, got {_describe(value)}",
+        field,
+    )
 
 
 def format_ts(ts: float) -> str:
@@ -220,7 +278,7 @@ def _price(value: object) -> Decimal:
     # Decimal(repr(x)) gives the shortest decimal that reads back as x, i.e. the digits
     # the producer wrote: 19.99 stays 19.99 (Decimal(19.99) would be 19.989999...).
     if type(value) is float:
-        if 0.0 < value < math.inf:
+        if 0.0 < value <= MAX_UNIT_PRICE:
             price = _PRICE_CACHE.get(value)
             if price is None:
                 if len(_PRICE_CACHE) >= _PRICE_CACHE_SIZE:
@@ -229,9 +287,12 @@ def _price(value: object) -> Decimal:
             return price
         if value == 0.0:  # also -0.0, which must not turn into Decimal('-0.0')
             return _ZERO
-    elif type(value) is int and value >= 0:
+    elif type(value) is int and 0 <= value <= MAX_UNIT_PRICE:
         return Decimal(value)
-    raise InvalidEvent(f"unit_price: must be a number >= 0, got {_describe(value)}", "unit_price")
+    raise InvalidEvent(
+        f"unit_price: must be a number between 0 and {MAX_UNIT_PRICE}, got {_describe(value)}",
+        "unit_price",
+    )
 
 
 # --- times ------------------------------------------------------------------------
@@ -273,9 +334,45 @@ def _parse_iso(text: str, field: str) -> float:
 
 def _ts_range_error(field: str, value: object) -> InvalidEvent:
     reason = f"{field}: out of range, must be {_RANGE_TEXT}, got {_describe(value)}"
-    if (type(value) is int or type(value) is float) and MAX_TS * 1000 > value >= MAX_TS:
-        reason += " (milliseconds? ts numbers are seconds)"
-    return InvalidEvent(reason, field)
+    return InvalidEvent(reason + _millis_hint(value, MAX_TS), field)
+
+
+def _event_range_error(
+    field: str,
+    value: object,
+    ts: float,
+    now: float | None,
+    max_future_s: float,
+    latest: float,
+) -> InvalidEvent:
+    got = _describe(value)
+    if ts >= MIN_EVENT_TS and now is not None:  # too late (NaN cannot come from JSON)
+        reason = (
+            f"{field}: too far in the future, must be at most {max_future_s:g} s ahead of "
+            f"the worker's clock ({_clock_text(now)}), got {got}"
+        )
+    elif ts >= MIN_EVENT_TS:
+        reason = f"{field}: out of range, must be {_EVENT_RANGE_TEXT}, got {got}"
+    else:
+        reason = f"{field}: out of range, must be on or after {_EARLIEST_TEXT}, got {got}"
+    return InvalidEvent(reason + _millis_hint(value, latest), field)
+
+
+def _millis_hint(value: object, latest: float) -> str:
+    # Only a number that reads as a plausible time once divided by 1000 earns the hint:
+    # 253402214400 is year 9999 in seconds, and in milliseconds it would be 1978.
+    if (type(value) is int or type(value) is float) and (
+        MIN_EVENT_TS * 1000 <= value <= latest * 1000
+    ):
+        return " (milliseconds? ts numbers are seconds)"
+    return ""
+
+
+def _clock_text(now: float) -> str:
+    try:
+        return format_ts(round(now))
+    except ValueError:
+        return repr(now)
 
 
 # --- error reasons (cold path) ----------------------------------------------------
@@ -287,14 +384,12 @@ def _missing(exc: KeyError) -> InvalidEvent:
 
 
 def _string_error(field: str, value: object, *, nullable: bool = False) -> InvalidEvent:
-    rule = "null or a string" if nullable else "a string"
+    rule = f"null or a string of 0-{MAX_ID_CHARS}" if nullable else f"a string of 1-{MAX_ID_CHARS}"
     if type(value) is str:
         got = "an empty string" if not value else f"{len(value)} characters"
     else:
         got = _describe(value)
-    return InvalidEvent(
-        f"{field}: must be {rule} of 1-{MAX_ID_CHARS} characters, got {got}", field
-    )
+    return InvalidEvent(f"{field}: must be {rule} characters, got {got}", field)
 
 
 def _integer_error(field: str, value: object, rule: str, minimum: int) -> InvalidEvent:

@@ -97,6 +97,8 @@ app = StockTrackerApp(
     table_standby_replicas=0,
     # Tables are restored by tables/restore.py, not by Faust's recovery.
     TableManager="tables.restore:OwnRestoreTableManager",
+    # Checks DATA_DIR, WEB_PORT and BROKER_URL before anything starts (app/startup.py).
+    Worker="app.startup:StockTrackerWorker",
     web_enabled=True,
     logging_config=None,
 )

@@ -64,6 +64,12 @@ class Settings:
     """A window closes when stream time reaches its end plus this."""
     expedite_threshold: int = 2
     """More orders than this in one hopping window of a SKU raise an expedite."""
+    max_future_seconds: int = 3600
+    """How far (seconds) an event's ts may be ahead of the worker's clock; a later one is
+    dead-lettered, so one far-future event cannot push stream time ahead for everyone."""
+    broker_wait_seconds: float = 30.0
+    """How long a starting worker waits for BROKER_URL to accept a connection before it
+    gives up (exit code 2)."""
     processing_guarantee: ProcessingGuarantee = "exactly_once"
     """Kafka transactions (default) or at-least-once; only change it to measure."""
     dedupe_seconds: int = 86_400

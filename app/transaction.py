@@ -32,6 +32,27 @@ from app import metrics
 from app.main import app
 from tables.base import LOCAL_PREFIX, put_many
 
+MAX_RECORD_BYTES = 900 * 1024
+"""Largest key + value a batch accepts for one record (output or table change): below
+the broker's default ``message.max.bytes`` (1 MiB) with room for the record overhead."""
+
+
+class RecordTooLarge(ValueError):
+    """A record staged in a :class:`Batch` is larger than :data:`MAX_RECORD_BYTES`.
+
+    Raised by :meth:`Batch.emit` / :meth:`Batch.put` as the record is staged, so it can
+    never reach a commit (where the broker would refuse the whole transaction); the
+    caller can drop the event that produced it and dead-letter it instead.
+    """
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(
+            f"a record for {topic} would be {size} bytes, more than the limit of "
+            f"{MAX_RECORD_BYTES} bytes"
+        )
+        self.topic = topic
+        self.size = size
+
 
 @dataclass(slots=True)
 class Batch:
@@ -59,11 +80,18 @@ class Batch:
     def emit(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
     ) -> None:
+        """Stage an output record; raises :class:`RecordTooLarge` (nothing staged)."""
+        if len(value) + (0 if key is None else len(key)) > MAX_RECORD_BYTES:
+            raise RecordTooLarge(topic, len(value) + (0 if key is None else len(key)))
         self.outputs.append((topic, key, value, partition))
 
     def put(self, table: Any, key: bytes, value: bytes | None) -> None:
-        """Stage a table write; a local key (``tables.base.LOCAL_PREFIX``) goes to the
-        store only, never to the changelog."""
+        """Stage a table change; raises :class:`RecordTooLarge` (nothing staged). A local
+        key (``tables.base.LOCAL_PREFIX``) goes to the store only, never to the changelog.
+        """
+        size = len(key) + (0 if value is None else len(value))
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"table {getattr(table, 'name', table)}", size)
         self.table_writes[(table, key)] = value
 
 

@@ -122,3 +122,78 @@ def test_nothing_is_sent_for_a_partition_with_nothing_new_to_say() -> None:
     # A new generation (a rebalance): said again, since the tracker trusts only it.
     assert ingest.build_batches({}, ends, generation=4) != {}
     ingest._sources.clear()
+
+
+def test_envelopes_are_split_below_the_byte_limit() -> None:
+    # Ids of 64 characters that JSON escapes (6 bytes each): 2,000 rows would be ~2.4 MB.
+    wide = "\x01" * 64
+    n = ingest.ENVELOPE_ROWS
+    values = [
+        {**order(f"{i:04d}{wide[4:]}", f"{i % 7}{wide[1:]}"), "customer_id": wide}
+        for i in range(n)
+    ]
+    batches = ingest.build_batches(
+        {TP(ORDERS, 0): [record(ORDERS, 0, i, v) for i, v in enumerate(values)]}
+    )
+    [pending] = batches.values()
+    sent = [v for t, _, v, _ in pending.batch.outputs if t == ENVELOPES]
+    assert len(sent) > 4
+    assert all(len(v) <= ingest.ENVELOPE_BYTES for v in sent)
+    rows = [r for v in sent for r in orjson.loads(v)["r"]]
+    assert sorted(r[1] for r in rows) == list(range(n))  # every row, once
+
+
+def test_a_far_future_or_ancient_ts_is_dead_lettered_and_the_dead_letter_bounded() -> None:
+    year_9999 = {**order("o1", "A"), "ts": 253402214400}
+    ancient = {**order("o2", "A"), "ts": "1999-12-31T23:59:59Z"}
+    huge = b"\x80" * 900_000
+    batches = ingest.build_batches(
+        {
+            TP(ORDERS, 2): [
+                record(ORDERS, 2, 0, year_9999),
+                record(ORDERS, 2, 1, ancient),
+                record(ORDERS, 2, 2, huge, key=b"\x01" * 100_000),
+                record(ORDERS, 2, 3, order("o3", "A")),
+            ]
+        }
+    )
+    [pending] = batches.values()
+    batch = pending.batch
+    dead = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
+    assert [d["offset"] for d in dead] == [0, 1, 2]
+    assert dead[0]["error"].startswith("ts: too far in the future")
+    assert "milliseconds" not in dead[0]["error"]
+    assert "2000-01-01" in dead[1]["error"]
+    assert dead[2]["value_bytes"] == 900_000 and len(dead[2]["value"]) == 16 * 1024
+    assert dead[2]["key_bytes"] == 100_000
+    assert all(len(v) <= 128 * 1024 for t, _, v, _ in batch.outputs if t == DEAD)
+    assert sum(len(orjson.loads(v)["r"]) for t, _, v, _ in batch.outputs if t == ENVELOPES) == 1
+
+
+def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
+    monkeypatch: Any,
+) -> None:
+    real = ingest.parse_order
+
+    def flaky(raw: bytes | None, *args: Any) -> Any:
+        if raw is not None and b'"poison"' in raw:
+            raise RuntimeError("a rule nobody foresaw")
+        return real(raw, *args)
+
+    monkeypatch.setattr(ingest, "parse_order", flaky)
+    batches = ingest.build_batches(
+        {
+            TP(ORDERS, 0): [
+                record(ORDERS, 0, 0, order("o1", "A")),
+                record(ORDERS, 0, 1, order("poison", "A")),
+                record(ORDERS, 0, 2, order("o2", "A")),
+            ]
+        }
+    )
+    [pending] = batches.values()
+    batch = pending.batch
+    [letter] = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
+    assert letter["offset"] == 1
+    assert letter["error"] == "could not be processed: RuntimeError: a rule nobody foresaw"
+    rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)["r"]]
+    assert [r[2] for r in rows] == ["o1", "o2"]

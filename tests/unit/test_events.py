@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +18,10 @@ from hypothesis import strategies as st
 from app.events import (
     MAX_QUANTITY,
     MAX_TS,
+    MAX_UNIT_PRICE,
+    MIN_EVENT_TS,
     InvalidEvent,
+    event_ts,
     format_ts,
     parse_order,
     parse_stock,
@@ -124,6 +128,11 @@ def test_supplier_id_is_optional_or_null() -> None:
     assert parse_stock(stock_raw(supplier_id=None)).supplier_id is None
 
 
+def test_supplier_id_may_be_empty_or_up_to_64_characters() -> None:
+    assert parse_stock(stock_raw(supplier_id="")).supplier_id == ""
+    assert parse_stock(stock_raw(supplier_id="s" * 64)).supplier_id == "s" * 64
+
+
 # --- malformed input: every case goes to dead-letters with a precise reason --------
 
 Parser = Callable[[bytes | None], object]
@@ -172,6 +181,54 @@ MALFORMED: list[tuple[str, Parser, bytes | None, str]] = [
     ("quantity-neg", parse_order, order_raw(quantity=-3), "quantity: must be an integer >= 1"),
     ("quantity-2**53", parse_order, order_raw(quantity=2**53), "quantity: out of range"),
     (
+        "quantity-1000001",
+        parse_order,
+        order_raw(quantity=MAX_QUANTITY + 1),
+        "quantity: out of range, must be between 1 and 1000000",
+    ),
+    (
+        "quantity-max-safe",
+        parse_order,
+        order_raw(quantity=9007199254740991),
+        "quantity: out of range",
+    ),
+    (
+        "delivery-1000001",
+        parse_stock,
+        stock_raw(quantity=MAX_QUANTITY + 1),
+        "quantity: out of range, must be between 1 and 1000000",
+    ),
+    (
+        "adjustment-minus-1000001",
+        parse_stock,
+        stock_raw(reason="adjustment", quantity=-MAX_QUANTITY - 1),
+        "quantity: out of range, must be between -1000000 and 1000000",
+    ),
+    (
+        "price-above-max",
+        parse_order,
+        order_raw(unit_price=MAX_UNIT_PRICE + 0.01),
+        "unit_price: must be a number between 0 and 1000000",
+    ),
+    (
+        "price-double-max",
+        parse_order,
+        order_raw(unit_price=1.7976931348623157e308),
+        "unit_price: must be a number between 0 and 1000000",
+    ),
+    (
+        "price-int-above-max",
+        parse_order,
+        order_raw(unit_price=MAX_UNIT_PRICE + 1),
+        "unit_price: must be a number between 0 and 1000000",
+    ),
+    (
+        "price-true",
+        parse_order,
+        order_raw(unit_price=True),
+        "unit_price: must be a number between 0 and 1000000, got boolean true",
+    ),
+    (
         "quantity-huge",
         parse_order,
         with_raw_field(order_raw(), "quantity", "99999999999999999999999"),
@@ -215,7 +272,12 @@ MALFORMED: list[tuple[str, Parser, bytes | None, str]] = [
         "quantity: out of range",
     ),
     ("supplier-number", parse_stock, stock_raw(supplier_id=7), "supplier_id: must be null or"),
-    ("supplier-empty", parse_stock, stock_raw(supplier_id=""), "supplier_id: must be null or"),
+    (
+        "supplier-65",
+        parse_stock,
+        stock_raw(supplier_id="s" * 65),
+        "supplier_id: must be null or a string of 0-64 characters, got 65 characters",
+    ),
     ("ts-garbage", parse_order, order_raw(ts="yesterday"), "ts: not an ISO-8601 time"),
     ("ts-date-only", parse_order, order_raw(ts="2026-11-26"), "without a time of day"),
     ("ts-bad-day", parse_order, order_raw(ts="2026-02-30T12:00:00Z"), "ts: not an ISO-8601"),
@@ -227,7 +289,27 @@ MALFORMED: list[tuple[str, Parser, bytes | None, str]] = [
     ("ts-object", parse_order, order_raw(ts={"s": 1}), "ts: must be an ISO-8601 time string or"),
     ("ts-negative", parse_order, order_raw(ts=-1), "ts: out of range"),
     ("ts-millis", parse_order, order_raw(ts=1795694400000), "milliseconds?"),
-    ("ts-year-1", parse_order, order_raw(ts="0001-01-01T00:00:00Z"), "ts: out of range"),
+    (
+        "ts-year-1",
+        parse_order,
+        order_raw(ts="0001-01-01T00:00:00Z"),
+        "must be on or after 2000-01-01",
+    ),
+    (
+        "ts-1999",
+        parse_order,
+        order_raw(ts="1999-12-31T23:59:59Z"),
+        "must be on or after 2000-01-01",
+    ),
+    (
+        "ts-1999-number",
+        parse_stock,
+        stock_raw(ts=MIN_EVENT_TS - 1),
+        "must be on or after 2000-01-01",
+    ),
+    ("ts-zero", parse_stock, stock_raw(ts=0), "must be on or after 2000-01-01"),
+    ("ts-year-9999", parse_order, order_raw(ts=253402214400), "ts: out of range"),
+    ("ts-year-9999-text", parse_stock, stock_raw(ts="9999-12-31T23:59:59Z"), "ts: out of range"),
 ]
 
 
@@ -415,3 +497,103 @@ def test_format_then_parse_round_trips_within_a_millisecond(ts: float) -> None:
 @given(st.integers(min_value=0, max_value=int(MAX_TS) - 1))
 def test_whole_seconds_round_trip_exactly(ts: int) -> None:
     assert parse_ts(format_ts(ts)) == ts
+
+
+# --- bounds against the worker's clock (MAX_FUTURE_SECONDS) ------------------------
+
+
+def test_ts_up_to_max_future_ahead_of_the_clock_is_accepted() -> None:
+    now = NOON
+    assert parse_order(order_raw(ts=now + 3600), now=now).ts == now + 3600
+    assert parse_stock(stock_raw(ts=now + 10), now=now, max_future_s=10).ts == now + 10
+    assert parse_order(order_raw(ts=MIN_EVENT_TS), now=now).ts == MIN_EVENT_TS
+    assert parse_order(order_raw(ts="2000-01-01T00:00:00Z"), now=now).ts == MIN_EVENT_TS
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        NOON + 3600.001,
+        "2026-11-26T13:00:01Z",
+        253402214400,  # year 9999 in seconds
+        "9999-12-31T23:59:59Z",
+        1e30,
+    ],
+)
+def test_ts_too_far_ahead_of_the_clock_is_rejected_for_that(ts: object) -> None:
+    for parse, raw in ((parse_order, order_raw(ts=ts)), (parse_stock, stock_raw(ts=ts))):
+        with pytest.raises(InvalidEvent) as caught:
+            parse(raw, now=NOON)
+        reason = str(caught.value)
+        assert reason.startswith(
+            "ts: too far in the future, must be at most 3600 s ahead of the worker's clock "
+            "(2026-11-26T12:00:00Z)"
+        ), reason
+        assert "milliseconds" not in reason
+        assert caught.value.field == "ts"
+
+
+def test_year_9999_in_seconds_is_not_called_milliseconds() -> None:
+    for now in (None, NOON):
+        with pytest.raises(InvalidEvent) as caught:
+            parse_order(order_raw(ts=253402214400), now=now)
+        assert "milliseconds" not in str(caught.value)
+    with pytest.raises(InvalidEvent) as caught:
+        parse_ts(253402214400)
+    assert "milliseconds" not in str(caught.value)
+
+
+def test_milliseconds_are_suggested_only_for_a_plausible_millisecond_time() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_order(order_raw(ts=1795694400000), now=NOON)
+    assert str(caught.value).endswith("got 1795694400000 (milliseconds? ts numbers are seconds)")
+    # A millisecond time more than MAX_FUTURE_SECONDS ahead is not plausible either.
+    with pytest.raises(InvalidEvent) as caught:
+        parse_order(order_raw(ts=(NOON + 7200) * 1000), now=NOON)
+    assert "milliseconds" not in str(caught.value)
+    with pytest.raises(InvalidEvent) as caught:
+        parse_ts(1795694400000)
+    assert "milliseconds?" in str(caught.value)
+
+
+@PROPERTY
+@given(
+    st.floats(min_value=MIN_EVENT_TS, max_value=4_000_000_000.0),
+    st.floats(min_value=-1e12, max_value=1e12, allow_nan=False),
+    st.integers(min_value=1, max_value=10**7),
+)
+def test_event_ts_bounds_property(now: float, offset: float, max_future_s: int) -> None:
+    ts = now + offset
+    inside = MIN_EVENT_TS <= ts <= now + max_future_s and ts < MAX_TS
+    try:
+        got = event_ts(ts, now, max_future_s)
+    except InvalidEvent as exc:
+        assert not inside, (ts, str(exc))
+    else:
+        assert inside and got == ts
+
+
+@PROPERTY
+@given(
+    st.integers(min_value=-(10**7), max_value=10**7),
+    st.floats(allow_nan=True, allow_infinity=True) | st.integers(min_value=-(10**7)),
+)
+def test_quantity_and_price_bounds_property(quantity: int, price: float) -> None:
+    raw = json.dumps(order_value(quantity=quantity, unit_price=price)).encode()
+    valid_price = (
+        type(price) in (int, float) and not math.isnan(price) and 0 <= price <= MAX_UNIT_PRICE
+    )
+    try:
+        order = parse_order(raw)
+    except InvalidEvent:
+        assert not (1 <= quantity <= MAX_QUANTITY and valid_price)
+    else:
+        assert 1 <= order.quantity <= MAX_QUANTITY and 0 <= order.unit_price <= MAX_UNIT_PRICE
+        assert order.unit_price.is_finite()
+    move_raw = json.dumps(stock_value(reason="adjustment", quantity=quantity)).encode()
+    try:
+        move = parse_stock(move_raw)
+    except InvalidEvent:
+        assert quantity == 0 or abs(quantity) > MAX_QUANTITY
+    else:
+        assert move.quantity == quantity

@@ -22,6 +22,7 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.tumbling_seconds, s.hopping_seconds, s.hopping_step_seconds) == (60, 300, 60)
     assert (s.window_grace_seconds, s.expedite_threshold) == (10, 2)
     assert s.processing_guarantee == "exactly_once"
+    assert s.max_future_seconds == 3600
 
 
 def test_values_are_parsed_and_blank_means_default() -> None:
@@ -34,6 +35,7 @@ def test_values_are_parsed_and_blank_means_default() -> None:
             "TUMBLING_SECONDS": "",
             "WEB_ADVERTISED_URL": "http://worker-2:7000/",
             "PEER_TIMEOUT_SECONDS": "1.5",
+            "MAX_FUTURE_SECONDS": "60",
         }
     )
     assert s.broker_url == "kafka://localhost:9093"
@@ -42,6 +44,7 @@ def test_values_are_parsed_and_blank_means_default() -> None:
     assert s.tumbling_seconds == 60
     assert s.advertised_url == "http://worker-2:7000"
     assert s.peer_timeout_seconds == 1.5
+    assert s.max_future_seconds == 60
 
 
 def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
@@ -73,6 +76,10 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("WEB_ADVERTISED_URL", "http://worker-2"),
         ("PEER_TIMEOUT_SECONDS", "0"),
         ("BATCH_WINDOW_S", "inf"),
+        ("MAX_FUTURE_SECONDS", "0"),
+        ("MAX_FUTURE_SECONDS", "-5"),
+        ("MAX_FUTURE_SECONDS", "an hour"),
+        ("BROKER_WAIT_SECONDS", "0"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:

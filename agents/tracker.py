@@ -17,12 +17,19 @@ Per partition it also keeps in memory what the rules need between batches: the d
 memory's expiry heap and the open windows. Both are rebuilt from the tables the first
 time a partition is processed after it is assigned, so a restart or rebalance resumes
 exactly where the last committed batch left off.
+
+With WINDOW_IDLE_CLOSE_SECONDS set, a timer (:func:`idle_tick`) also closes the due
+windows of partitions that received no event for that long: it moves their window
+stream time on by the wall time elapsed (app/rules/windows.py) and commits the results
+and the new stream time like a batch without input. It runs under the same lock as the
+batches, so it never interleaves with a batch of the same partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -38,7 +45,7 @@ from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
-from app.transaction import Batch, commit
+from app.transaction import Batch, can_commit, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import get, items
 from tables.restore import Restorer
@@ -75,6 +82,11 @@ class PartitionRuntime:
     """Highest offset applied per input partition ("topic/partition")."""
     recent_expedites: list[dict[str, Any]] = field(default_factory=list)
     recent_results: list[dict[str, Any]] = field(default_factory=list)
+    idle_since: float = field(default_factory=time.monotonic)
+    """Wall clock (monotonic) of the last batch of input, or of the rebuild: idle close
+    measures from here, so after a restart the idle clock starts again."""
+    idle_base: float | None = None
+    """Window stream time right after that batch (taken by the first idle tick after it)."""
 
 
 _runtimes: dict[int, PartitionRuntime] = {}
@@ -427,7 +439,8 @@ def apply_envelope(proc: BatchProcessor, value: bytes) -> int:
 
 
 def start(rt: PartitionRuntime) -> BatchProcessor:
-    """A new batch of the partition."""
+    """A new batch of the partition (input arrived: the partition is not idle)."""
+    rt.idle_since, rt.idle_base = time.monotonic(), None
     return BatchProcessor(rt, Batch(table_partition=rt.partition))
 
 
@@ -482,10 +495,57 @@ async def _commit(tp: TP, batch: Batch) -> None:
         raise
 
 
+async def idle_tick(now: float | None = None) -> int:
+    """Idle close: commit the windows that idleness closed, per owned partition.
+
+    A partition idle for WINDOW_IDLE_CLOSE_SECONDS gets the window stream time
+    ``w.idle_stream_time`` gives; if that closes a held window, the stream time moves
+    there and one transaction writes the window results and the tables
+    (``BatchProcessor.finish``) with no input offsets. Otherwise nothing moves, so the
+    stream time in memory is always the committed one. Runs under the tracker's lock,
+    between batches. Returns how many partitions committed.
+    """
+    idle_s = settings.window_idle_close_seconds
+    if idle_s <= 0:
+        return 0
+    committed = 0
+    async with _tracker_lock:
+        now = time.monotonic() if now is None else now
+        for partition, rt in sorted(_runtimes.items()):
+            if rt.idle_base is None:
+                rt.idle_base = rt.windows.stream_time
+            target = w.idle_stream_time(rt.idle_base, now - rt.idle_since, idle_s)
+            due = rt.windows.next_close_at
+            if target is None or due is None or due > target:
+                continue
+            tp = TP(restorer.topic, partition)
+            if _runtimes.get(partition) is not rt or not can_commit(tp):
+                continue
+            rt.windows.advance(target)
+            await _commit(tp, finish(BatchProcessor(rt, Batch(table_partition=partition))))
+            committed += 1
+    return committed
+
+
+async def _idle_timer() -> None:
+    try:
+        await idle_tick()
+    except Exception as exc:
+        # As for a failed batch: what was applied is unknown; restart from the tables.
+        await app.crash(exc)
+        raise
+
+
+if settings.window_idle_close_seconds > 0:
+    app.timer(min(1.0, settings.window_idle_close_seconds / 2))(_idle_timer)
+
+
 FETCHES_QUEUED = 4
 """Most fetches of envelopes waiting for the tracker (the consumer waits when full)."""
 
 _fetches: asyncio.Queue[tuple[Records, Callable[[], bool]]] = asyncio.Queue(FETCHES_QUEUED)
+_tracker_lock = asyncio.Lock()
+"""Held while a fetch is applied and committed, and by :func:`idle_tick`."""
 
 
 async def tracker(records: Records, current: Callable[[], bool]) -> None:
@@ -504,7 +564,8 @@ async def _run_tracker() -> None:
     while True:
         records, current = await _fetches.get()
         try:
-            await track(records, current)
+            async with _tracker_lock:
+                await track(records, current)
         except Exception as exc:
             # What a failed batch applied is unknown: stop the worker; a restart
             # resumes from the offsets committed with the last complete batch.

@@ -64,6 +64,14 @@ class Settings:
     """A window closes when stream time reaches its end plus this."""
     expedite_threshold: int = 2
     """More orders than this in one hopping window of a SKU raise an expedite."""
+    window_idle_close_seconds: float = 0.0
+    """Idle close: a partition of the SKU-keyed stream that received no event for this
+    many wall seconds has its stream time moved on by the wall time elapsed since its
+    last event, so its due windows close without waiting for the next order. 0 = off:
+    windows close on event time alone (replays give the same results)."""
+    max_waiting_requests: int = 1000
+    """Most ``GET /orders/{id}?wait=S`` requests one worker holds at once (its own and
+    those other workers forwarded); past it such a request answers 503 at once."""
     processing_guarantee: ProcessingGuarantee = "exactly_once"
     """Kafka transactions (default) or at-least-once; only change it to measure."""
     dedupe_seconds: int = 86_400
@@ -164,6 +172,16 @@ def _float(name: str, raw: str) -> float:
     return value
 
 
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number >= 0, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
 def _bool(name: str, raw: str) -> bool:  # pragma: no cover - no bool settings yet
     lowered = raw.lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -244,6 +262,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "web_advertised_url": _http_url,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
     "processing_guarantee": _literal(ProcessingGuarantee),
+    "window_idle_close_seconds": _non_negative_float,
 }
 
 # Settings where 0 is meaningful; every other integer must be >= 1.

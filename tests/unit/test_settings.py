@@ -22,6 +22,8 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.tumbling_seconds, s.hopping_seconds, s.hopping_step_seconds) == (60, 300, 60)
     assert (s.window_grace_seconds, s.expedite_threshold) == (10, 2)
     assert s.processing_guarantee == "exactly_once"
+    assert s.window_idle_close_seconds == 0  # idle close off
+    assert s.max_waiting_requests == 1000
 
 
 def test_values_are_parsed_and_blank_means_default() -> None:
@@ -34,6 +36,8 @@ def test_values_are_parsed_and_blank_means_default() -> None:
             "TUMBLING_SECONDS": "",
             "WEB_ADVERTISED_URL": "http://worker-2:7000/",
             "PEER_TIMEOUT_SECONDS": "1.5",
+            "WINDOW_IDLE_CLOSE_SECONDS": "2.5",
+            "MAX_WAITING_REQUESTS": "3",
         }
     )
     assert s.broker_url == "kafka://localhost:9093"
@@ -42,6 +46,9 @@ def test_values_are_parsed_and_blank_means_default() -> None:
     assert s.tumbling_seconds == 60
     assert s.advertised_url == "http://worker-2:7000"
     assert s.peer_timeout_seconds == 1.5
+    assert s.window_idle_close_seconds == 2.5
+    assert s.max_waiting_requests == 3
+    assert Settings.from_env({"WINDOW_IDLE_CLOSE_SECONDS": "0"}).window_idle_close_seconds == 0
 
 
 def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
@@ -73,6 +80,11 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("WEB_ADVERTISED_URL", "http://worker-2"),
         ("PEER_TIMEOUT_SECONDS", "0"),
         ("BATCH_WINDOW_S", "inf"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "-1"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "nan"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "inf"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "soon"),
+        ("MAX_WAITING_REQUESTS", "0"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:

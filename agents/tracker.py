@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from app import topics
+from app import topics, waiters
 from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
@@ -493,6 +493,13 @@ async def _commit(tp: TP, batch: Batch) -> None:
         # The in-memory runtime already holds this batch; Kafka may not.
         forget_partitions({tp.partition})
         raise
+    notify_waiters(batch)
+
+
+def notify_waiters(batch: Batch) -> None:
+    """Wake the ``GET /orders/{id}?wait=S`` requests for the orders this batch committed."""
+    if waiters.orders:
+        waiters.orders.notify(key for table, key in batch.table_writes if table is order_status)
 
 
 async def idle_tick(now: float | None = None) -> int:

@@ -38,11 +38,9 @@ left out so that the end of a window (up to a day long) can still be formatted."
 
 _RANGE_TEXT = "between 1970-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
 
-_REASONS: dict[str, StockReason] = {
-    "delivery": "delivery",
-    "return": "return",
-    "adjustment": "adjustment",
-}
+REASONS: tuple[StockReason, ...] = ("delivery", "return", "adjustment")
+"""Every stock ``reason``; only ``adjustment`` may take stock out (quantity < 0)."""
+_REASONS: dict[str, StockReason] = {reason: reason for reason in REASONS}
 
 _ZERO = Decimal(0)
 # Decimal(repr(float)) is the costliest step of parse_order, and a catalogue has few

@@ -21,7 +21,7 @@ from aiohttp import web as aioweb
 from faust.exceptions import ConsumerNotStarted
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app import cluster, waiters
+from app import cluster, schemas, waiters
 from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
@@ -489,6 +489,31 @@ async def recent(web: Any, request: Any) -> aioweb.Response:
             (d for b in bodies for d in b["dead_letters"]),
         ),
     )
+
+
+@route("/schemas")
+async def schema_index(web: Any, request: Any) -> aioweb.Response:
+    """Which topics have a published JSON Schema, and where to get each."""
+    return json_response(
+        {
+            "dialect": schemas.DIALECT,
+            "inputs": list(schemas.INPUT_TOPICS),
+            "outputs": list(schemas.OUTPUT_TOPICS),
+            "schemas": {
+                topic: f"/schemas/{topic}"
+                for topic in (*schemas.INPUT_TOPICS, *schemas.OUTPUT_TOPICS)
+            },
+        }
+    )
+
+
+@route("/schemas/{topic}")
+async def schema_item(web: Any, request: Any, topic: str) -> aioweb.Response:
+    """The JSON Schema (draft 2020-12) of one topic's values; the contract's topic names."""
+    try:
+        return json_response(schemas.schema(topic))
+    except KeyError:
+        return error(404, f"no schema for topic {topic!r}; see /schemas")
 
 
 @route("/cluster")

@@ -142,7 +142,7 @@ def test_idle_close_emits_the_last_windows_once_across_a_kill(worker_factory: An
     got = results(on, min_count=len(want_a) + len(want_b))
     assert Counter(k for k, _ in got) == Counter([*want_a, *want_b])
     assert dict(got) == {**want_a, **want_b}
-    final = on.wait_for("/stats", lambda b: b["processed"] == len(a) + 1 + len(b))
+    final = processed(on, len(a) + 1 + len(b))
     assert final["late"] == 1
     # The dashboard and the HTTP view show idle-closed windows like any other.
     sku = last["sku"]

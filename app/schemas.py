@@ -3,7 +3,8 @@
 This module owns the schemas that ``GET /schemas`` serves and ``faust -A app inject
 --validate`` stands for. They are built, not written: the input schemas from the
 validator's own limits and choices in :mod:`app.events` (``MAX_ID_CHARS``,
-``MAX_QUANTITY``, ``MIN_TS``, ``MAX_TS``, the stock reasons), so a changed limit changes
+``MAX_QUANTITY``, ``MAX_UNIT_PRICE``, ``MIN_EVENT_TS``, ``MAX_TS``, the stock reasons),
+so a changed limit changes
 the schema with it; the output schemas from the field table below, which a test holds
 to what the tracker and ingest really write (same fields, nothing more, nothing less).
 A property test (tests/unit/test_schemas.py) checks that every message the validator
@@ -20,11 +21,18 @@ from app import events
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ID_BASE: Final = "urn:stock-tracker:schema:"
 
+# The contract's bounds on unit_price and on the earliest event time come from
+# app/events.py too; until they are defined there (issue 13), the validator's wider
+# limits apply and the schema follows them.
+MAX_UNIT_PRICE: Final[float | None] = getattr(events, "MAX_UNIT_PRICE", None)
+MIN_EVENT_TS: Final[float] = getattr(events, "MIN_EVENT_TS", events.MIN_TS)
+
 BEYOND_SCHEMA: Final = (
     "an integer written with a decimal point or an exponent (2.0, 2e0): JSON Schema "
     "counts it as an integer, the worker does not",
     "a ts string of the right shape that is no real time (2026-02-30T12:00:00Z) or "
     "lies outside the accepted range: JSON Schema cannot compare times",
+    "a ts more than MAX_FUTURE_SECONDS ahead of the worker's clock: a schema has no clock",
 )
 """Dead-lettered kinds a valid-looking message can still be: checked by the worker
 (and by ``inject --validate``, which uses the worker's validator), not by the schema."""
@@ -57,7 +65,7 @@ def _event_time() -> dict[str, Any]:
                 "maxLength": 64,
                 "pattern": _ISO_PATTERN,
             },
-            {"type": "number", "minimum": events.MIN_TS, "exclusiveMaximum": events.MAX_TS},
+            {"type": "number", "minimum": MIN_EVENT_TS, "exclusiveMaximum": events.MAX_TS},
         ],
     }
 
@@ -74,6 +82,13 @@ def _input(title: str, properties: dict[str, Any], required: list[str]) -> dict[
     }
 
 
+def _price() -> dict[str, Any]:
+    price: dict[str, Any] = {"type": "number", "minimum": 0}
+    if MAX_UNIT_PRICE is not None:
+        price["maximum"] = MAX_UNIT_PRICE
+    return price
+
+
 def orders_schema() -> dict[str, Any]:
     return _input(
         "orders: a customer's order",
@@ -82,7 +97,7 @@ def orders_schema() -> dict[str, Any]:
             "customer_id": _id("Who ordered."),
             "sku": _id("The product ordered."),
             "quantity": {"type": "integer", "minimum": 1, "maximum": events.MAX_QUANTITY},
-            "unit_price": {"type": "number", "minimum": 0},
+            "unit_price": _price(),
             "ts": _event_time(),
         },
         ["order_id", "customer_id", "sku", "quantity", "unit_price", "ts"],

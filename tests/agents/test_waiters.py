@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,3 +48,37 @@ async def test_the_trackers_commit_path_wakes_waiters_of_the_orders_it_wrote(
         tracker.notify_waiters(batch)
         await asyncio.wait_for(o1, 1)
         assert not o2.done()
+
+
+async def test_a_waiting_request_answers_on_the_commit_or_404s_after_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import orjson
+
+    from app import web
+    from tables.base import put
+
+    waiters = Waiters(limit=1)
+    monkeypatch.setattr(web.waiters, "orders", waiters)
+    request = SimpleNamespace(path_qs="/orders/o1?wait=5")
+
+    async def commit_later() -> None:
+        await asyncio.sleep(0.05)
+        put(order_status, b"o1", orjson.dumps({"order_id": "o1"}), 0)
+        batch = Batch(table_partition=0)
+        batch.put(order_status, b"o1", b"{}")
+        tracker.notify_waiters(batch)
+
+    monkeypatch.setattr(tracker.waiters, "orders", waiters)
+    committer = asyncio.ensure_future(commit_later())
+    answer = await web.wait_for_order(request, "o1", 5.0, [])
+    await committer
+    assert (answer.status, orjson.loads(answer.body)) == (200, {"order_id": "o1"})
+    assert len(waiters) == 0
+
+    missing = await web.wait_for_order(request, "o2", 0.05, [])
+    assert missing.status == 404 and b"waited 0.05 s" in missing.body
+
+    with waiters.waiting(b"other"):
+        full = await web.wait_for_order(request, "o3", 5.0, [])
+    assert full.status == 503 and b"MAX_WAITING_REQUESTS=1" in full.body

@@ -23,6 +23,12 @@ and progress, counters. The duplicate memory lives in RocksDB (``seen-ids``, wit
 local expiry index ordered by ts). All of it is rebuilt from the tables the first time
 a partition is processed after it is assigned, so a restart or rebalance resumes
 exactly where the last committed batch left off.
+
+With WINDOW_IDLE_CLOSE_SECONDS set, a timer (:func:`idle_tick`) also closes the due
+windows of partitions that received no event for that long: it moves their window
+stream time on by the wall time elapsed (app/rules/windows.py) and commits the results
+and the new stream time like a batch without input. It runs under the same lock as the
+batches, so it never interleaves with a batch of the same partition.
 """
 
 from __future__ import annotations
@@ -40,15 +46,16 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from app import metrics, topics
+from app import metrics, topics, waiters
 from app.consumer import Records, tap
 from app.events import format_ts
 from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.rules import dead_letters
 from app.rules import merge as m
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
-from app.transaction import Batch, commit
+from app.transaction import Batch, can_commit, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import LOCAL_PREFIX, get, items, local_range, put_local
 from tables.restore import Restorer
@@ -88,6 +95,11 @@ class PartitionRuntime:
     end" counts only if said in this generation or later (an older one may be stale)."""
     read_upto: int | None = None
     """Offset after the last envelope fed to ``merge``."""
+    idle_since: float = field(default_factory=time.monotonic)
+    """Wall clock (monotonic) of the last batch of input, or of the rebuild: idle close
+    measures from here, so after a restart the idle clock starts again."""
+    idle_base: float | None = None
+    """Window stream time right after that batch (taken by the first idle tick after it)."""
 
     def commit_offset(self) -> int | None:
         """Where this partition's consumer resumes after a restart: the oldest envelope
@@ -565,6 +577,12 @@ def start(rt: PartitionRuntime) -> BatchProcessor:
     return BatchProcessor(rt, Batch(table_partition=rt.partition))
 
 
+def not_idle(rt: PartitionRuntime) -> None:
+    """An event was applied: the partition's idle clock starts again. (A progress
+    report alone, which every ingest batch sends to every partition, is no event.)"""
+    rt.idle_since, rt.idle_base = time.monotonic(), None
+
+
 def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
     """Stage the end-of-batch writes; with ``tp``, also the offset to resume from."""
     try:
@@ -577,9 +595,6 @@ def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
         if offset is not None:
             proc.batch.sources[tp] = offset
     return proc.batch
-
-
-MAX_ERROR_CHARS = 500
 
 
 def isolate(
@@ -639,17 +654,13 @@ def failed_event_letter(topic: str, row: list[Any], exc: Exception) -> bytes:
             "supplier_id": supplier_id,
             "ts": format_ts(ts),
         }
-    value = orjson.dumps(event).decode()
-    return orjson.dumps(
-        {
-            "source_topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": None,
-            "value": value,
-            "value_bytes": len(value.encode()),
-            "error": f"processing failed: {exc!r}"[:MAX_ERROR_CHARS],
-        }
+    return dead_letters.dead_letter(
+        topic,
+        partition,
+        offset,
+        None,
+        orjson.dumps(event),
+        f"processing failed: {exc!r}",
     )
 
 
@@ -675,6 +686,8 @@ def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
     now = time.monotonic()
     observe = metrics.MERGE_WAIT.observe
     for _, item in rt.merge.ready():
+        if not applied:
+            not_idle(rt)
         observe(now - item.arrived)
         try:
             apply_event(proc, item)
@@ -706,12 +719,70 @@ async def _commit(tp: TP, batch: Batch) -> None:
         # The in-memory runtime already holds this batch; Kafka may not.
         forget_partitions({tp.partition})
         raise
+    notify_waiters(batch)
+
+
+def notify_waiters(batch: Batch) -> None:
+    """Wake the ``GET /orders/{id}?wait=S`` requests for the orders this batch committed."""
+    if waiters.orders:
+        waiters.orders.notify(key for table, key in batch.table_writes if table is order_status)
+
+
+async def idle_tick(now: float | None = None) -> int:
+    """Idle close: commit the windows that idleness closed, per owned partition.
+
+    A partition idle for WINDOW_IDLE_CLOSE_SECONDS gets the window stream time
+    ``w.idle_stream_time`` gives; if that closes a held window, the stream time moves
+    there and one transaction writes the window results and the tables
+    (``BatchProcessor.finish``) with no input offsets. Otherwise nothing moves, so the
+    stream time in memory is always the committed one. Runs under the tracker's lock,
+    between batches. Returns how many partitions committed.
+    """
+    idle_s = settings.window_idle_close_seconds
+    if idle_s <= 0:
+        return 0
+    committed = 0
+    async with _tracker_lock:
+        now = time.monotonic() if now is None else now
+        for partition, rt in sorted(_runtimes.items()):
+            if len(rt.merge):
+                # Events wait for a lagging input partition: not idle, and moving its
+                # stream time on would make them late.
+                continue
+            if rt.idle_base is None:
+                rt.idle_base = rt.windows.stream_time
+            target = w.idle_stream_time(rt.idle_base, now - rt.idle_since, idle_s)
+            due = rt.windows.next_close_at
+            if target is None or due is None or due > target:
+                continue
+            tp = TP(restorer.topic, partition)
+            if _runtimes.get(partition) is not rt or not can_commit(tp):
+                continue
+            rt.windows.advance(target)
+            await _commit(tp, finish(BatchProcessor(rt, Batch(table_partition=partition))))
+            committed += 1
+    return committed
+
+
+async def _idle_timer() -> None:
+    try:
+        await idle_tick()
+    except Exception as exc:
+        # As for a failed batch: what was applied is unknown; restart from the tables.
+        await app.crash(exc)
+        raise
+
+
+if settings.window_idle_close_seconds > 0:
+    app.timer(min(1.0, settings.window_idle_close_seconds / 2))(_idle_timer)
 
 
 FETCHES_QUEUED = 4
 """Most fetches of envelopes waiting for the tracker (the consumer waits when full)."""
 
 _fetches: asyncio.Queue[tuple[Records, Callable[[], bool]]] = asyncio.Queue(FETCHES_QUEUED)
+_tracker_lock = asyncio.Lock()
+"""Held while a fetch is applied and committed, and by :func:`idle_tick`."""
 
 
 async def tracker(records: Records, current: Callable[[], bool]) -> None:
@@ -730,7 +801,8 @@ async def _run_tracker() -> None:
     while True:
         records, current = await _fetches.get()
         try:
-            await track(records, current)
+            async with _tracker_lock:
+                await track(records, current)
         except Exception as exc:
             # What a failed batch applied is unknown: stop the worker; a restart
             # resumes from the offsets committed with the last complete batch.

@@ -75,9 +75,13 @@ def owner_of(sku: str) -> str | None:
     return str(url).rstrip("/")
 
 
-async def fetch(url: str, request: aioweb.Request) -> tuple[int, Any]:
-    """GET the same path and query from the worker at ``url``: (status, JSON body)."""
-    timeout = aiohttp.ClientTimeout(total=settings.peer_timeout_seconds)
+async def fetch(url: str, request: aioweb.Request, *, wait_s: float = 0.0) -> tuple[int, Any]:
+    """GET the same path and query from the worker at ``url``: (status, JSON body).
+
+    ``wait_s``: how long the other worker may hold the request on purpose (``?wait=S``),
+    on top of PEER_TIMEOUT_SECONDS.
+    """
+    timeout = aiohttp.ClientTimeout(total=settings.peer_timeout_seconds + wait_s)
     target = url + request.path_qs
     try:
         session: Any = app.http_client
@@ -89,11 +93,16 @@ async def fetch(url: str, request: aioweb.Request) -> tuple[int, Any]:
         raise PeerError(f"worker {url} did not answer {request.path_qs}: {reason}") from None
 
 
+def others() -> list[str]:
+    """Every other worker's URL in the current assignment."""
+    return [url for url in workers() if url != self_url()]
+
+
 async def ask_others(request: aioweb.Request) -> list[tuple[str, int, Any]]:
     """(url, status, JSON body) of every *other* worker's local answer to ``request``."""
-    others = [url for url in workers() if url != self_url()]
-    answers = await asyncio.gather(*(fetch(url, request) for url in others))
-    return [(url, status, body) for url, (status, body) in zip(others, answers, strict=True)]
+    urls = others()
+    answers = await asyncio.gather(*(fetch(url, request) for url in urls))
+    return [(url, status, body) for url, (status, body) in zip(urls, answers, strict=True)]
 
 
 async def gather(request: aioweb.Request) -> list[Any]:

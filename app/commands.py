@@ -511,6 +511,13 @@ def inject_summary(report: InjectReport, args: StreamArgs, conf: Settings) -> st
         help="Write the events to this JSONL file, produce none.",
     ),
     option("--quiet", is_flag=True, default=False, help="No progress bar, no summary."),
+    option(
+        "--validate",
+        is_flag=True,
+        default=False,
+        help="With --file: check every line against the input schemas (GET /schemas), "
+        "report each bad one with its reason, produce nothing; exit 1 if any is bad.",
+    ),
 )
 async def inject(
     self: Any,
@@ -520,11 +527,16 @@ async def inject(
     sync_timeout: str,
     write: str | None,
     quiet: bool,
+    validate: bool,
     **stream: Any,
 ) -> None:
     """Produce a scripted scenario (or replay a JSONL file) to the orders and stock topics."""
     try:
         args = parse_stream_args(**stream)  # the _STREAM_OPTIONS
+        if validate:
+            if args.file is None:
+                raise UsageProblem("--validate checks a file: give --file PATH.jsonl")
+            validate_file(args.file, quiet)
         rate_value = _number("--rate", rate)
         if pace not in PACE_MODES:
             raise UsageProblem(f"--pace must be one of {', '.join(PACE_MODES)}, got {pace!r}")
@@ -567,6 +579,24 @@ async def inject(
         print(inject_summary(report, args, settings), flush=True)
     if report.errors:
         raise SystemExit(1)
+
+
+def validate_file(path: Path, quiet: bool) -> NoReturn:
+    """``inject --file F --validate``: one line per bad line on stdout, then a summary;
+    exit 0 if every line is valid, 1 if any is not (2 if the file cannot be read)."""
+    total = bad = 0
+    try:
+        for number, problem in sc.check_jsonl(path):
+            total += 1
+            if problem is not None:
+                bad += 1
+                print(f"{path}:{number}: {problem}", flush=True)
+    except sc.ScenarioError as exc:
+        fail("inject", str(exc))
+    if not quiet:
+        verdict = "all valid" if not bad else f"{bad} bad"
+        print(f"inject: validated {total} lines of {path}: {verdict}; nothing produced")
+    raise SystemExit(1 if bad else 0)
 
 
 async def _write(path: Path, events: Iterable[sc.Event], quiet: bool) -> None:

@@ -50,11 +50,9 @@ _RANGE_TEXT = "between 1970-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
 _EARLIEST_TEXT = "2000-01-01T00:00:00Z"
 _EVENT_RANGE_TEXT = "between 2000-01-01T00:00:00Z and 9999-12-31T00:00:00Z"
 
-_REASONS: dict[str, StockReason] = {
-    "delivery": "delivery",
-    "return": "return",
-    "adjustment": "adjustment",
-}
+REASONS: tuple[StockReason, ...] = ("delivery", "return", "adjustment")
+"""Every stock ``reason``; only ``adjustment`` may take stock out (quantity < 0)."""
+_REASONS: dict[str, StockReason] = {reason: reason for reason in REASONS}
 
 _ZERO = Decimal(0)
 # Decimal(repr(float)) is the costliest step of parse_order, and a catalogue has few

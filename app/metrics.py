@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web as aioweb
 
-from app import topics
+from app import topics, waiters
 from app.main import app
 from app.web import route, totals
 
@@ -327,6 +327,16 @@ REGISTRY.register(
         "committed offset; 1 when caught up on the transactional SKU-keyed topic); "
         "partitions not fetched yet are left out.",
         consumer_lag,
+    )
+)
+
+
+REGISTRY.register(
+    Gauge(
+        "stock_tracker_waiting_requests",
+        "GET /orders/{id}?wait=S requests waiting on this worker now (its own and those "
+        "other workers forwarded; at most MAX_WAITING_REQUESTS).",
+        lambda: [((), float(len(waiters.orders)))],
     )
 )
 

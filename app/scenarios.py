@@ -846,6 +846,36 @@ def read_jsonl(path: Path) -> list[Event]:
     return events
 
 
+def check_jsonl(path: Path) -> Iterator[tuple[int, str | None]]:
+    """Check a JSONL file of events line by line, producing nothing.
+
+    Yields (line number, problem) for every non-blank line: problem is None when the
+    line is an event the worker accepts, else why the line cannot be read or why the
+    worker would dead-letter its value (the validator's own reason, app/events.py, of
+    which the published schemas are built, app/schemas.py). Raises ScenarioError only
+    when the file cannot be read.
+    """
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event, _ = _jsonl_event(line)
+        except ScenarioError as exc:
+            yield number, f"not an event line: {exc}"
+            continue
+        raw = encode_value(event.value)
+        try:
+            parse_order(raw) if event.topic == "orders" else parse_stock(raw)
+        except InvalidEvent as exc:
+            yield number, f"{event.topic}: {exc}"
+            continue
+        yield number, None
+
+
 def _jsonl_event(line: bytes) -> tuple[Event, float | None]:
     try:
         obj = orjson.loads(line)

@@ -70,6 +70,14 @@ class Settings:
     broker_wait_seconds: float = 30.0
     """How long a starting worker waits for BROKER_URL to accept a connection before it
     gives up (exit code 2)."""
+    window_idle_close_seconds: float = 0.0
+    """Idle close: a partition of the SKU-keyed stream that received no event for this
+    many wall seconds has its stream time moved on by the wall time elapsed since its
+    last event, so its due windows close without waiting for the next order. 0 = off:
+    windows close on event time alone (replays give the same results)."""
+    max_waiting_requests: int = 1000
+    """Most ``GET /orders/{id}?wait=S`` requests one worker holds at once (its own and
+    those other workers forwarded); past it such a request answers 503 at once."""
     processing_guarantee: ProcessingGuarantee = "exactly_once"
     """Kafka transactions (default) or at-least-once; only change it to measure."""
     dedupe_seconds: int = 86_400
@@ -170,6 +178,16 @@ def _float(name: str, raw: str) -> float:
     return value
 
 
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number >= 0, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
 def _bool(name: str, raw: str) -> bool:  # pragma: no cover - no bool settings yet
     lowered = raw.lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -250,6 +268,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "web_advertised_url": _http_url,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
     "processing_guarantee": _literal(ProcessingGuarantee),
+    "window_idle_close_seconds": _non_negative_float,
 }
 
 # Settings where 0 is meaningful; every other integer must be >= 1.

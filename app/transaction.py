@@ -24,6 +24,7 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
@@ -127,6 +128,26 @@ def transactional_id(tp: TP) -> str:
     """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""
     group = app.assignor.group_for_topic(tp.topic)
     return f"{app.conf.id}-{group}-{tp.partition}"
+
+
+def can_commit(source: TP) -> bool:
+    """Whether a batch that is not driven by input (idle close) may commit for ``source``.
+
+    True while ``source`` is assigned to this worker outside a rebalance and, with
+    transactions, its transactional producer is running. A batch of input records
+    knows this from its fetch (``current()``); a timer has to ask.
+    """
+    consumer: Any = app.consumer
+    try:
+        assigned = consumer.assignment()
+    except ConsumerNotStarted:
+        return False
+    if source not in assigned or not consumer.flow_active:
+        return False
+    if app.in_transaction:
+        producer: Any = app.producer
+        return transactional_id(source) in producer._transaction_producers
+    return True
 
 
 async def commit(batch: Batch, *, source: TP) -> None:

@@ -10,7 +10,9 @@ and merged here, an order is looked up here first and then on the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
@@ -23,7 +25,7 @@ from aiohttp.web_server import Server
 from faust.exceptions import ConsumerNotStarted
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app import cluster
+from app import cluster, schemas, waiters
 from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
@@ -169,8 +171,11 @@ class WebServer(AiohttpWeb):
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        # Faust's driver reads self._runner when it starts the server.
-        self._runner = _JsonErrorRunner(self.web_app, access_log=None)
+        # Faust's driver reads self._runner when it starts the server. A request whose
+        # client hung up ends here too (aiohttp's default since 3.9 is to let it run on): a
+        # ``?wait=S`` that another worker forwarded and then answered from elsewhere frees
+        # its waiting slot at once instead of after S seconds.
+        self._runner = _JsonErrorRunner(self.web_app, access_log=None, handler_cancellation=True)
 
 
 app.conf.web_application_options = {"middlewares": [json_errors]}
@@ -315,22 +320,116 @@ async def stock_list(web: Any, request: Any) -> aioweb.Response:
     return merged(bodies, {"items": page_items, "next": next_sku})
 
 
+MAX_WAIT_SECONDS = 30.0
+"""Longest ``?wait=S`` of ``GET /orders/{order_id}``."""
+
+
+def wait_query(request: Any) -> float | None:
+    """The ``wait`` query parameter: seconds, 0 < S <= 30, or None when not given."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_WAIT_SECONDS:
+        raise aioweb.HTTPBadRequest(
+            reason=f"wait must be a number of seconds, 0 < wait <= {MAX_WAIT_SECONDS:g}"
+        )
+    return value
+
+
 @route("/orders/{order_id}")
 async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
+    """An order's status; ``?wait=S`` waits up to S seconds for it to be processed.
+
+    ``sku`` (optional) names the order's SKU: the request then goes straight to the
+    worker that owns it. Without it, this worker looks here and asks every other worker
+    (each waits too, in parallel, when ``wait`` is given); the first to find it answers.
+    """
     order_id = key_param(order_id, "order_id")
+    wait = wait_query(request)
+    sku = request.query.get("sku")
+    if sku is not None:
+        sku = key_param(sku, "sku")
     record = doc(order_status, order_id.encode())
     if record is not None:
         return json_response(record)
-    if not cluster.is_forwarded(request):
-        # Orders live with their SKU, which the id does not name: ask every worker.
-        for url, status, body in await cluster.ask_others(request):
-            if status == 200:
-                response = json_response(body)
-                response.headers[cluster.SERVED_BY_HEADER] = url
-                return response
-            if status != 404:
-                raise PeerError(f"worker {url} answered {status} to {request.path_qs}")
+    forwarded = cluster.is_forwarded(request)
+    owner = None if forwarded or sku is None else cluster.owner_of(sku)
+    if owner is not None:
+        status, body = await cluster.fetch(owner, request, wait_s=wait or 0.0)
+        response = json_response(body, status)
+        response.headers[cluster.SERVED_BY_HEADER] = owner
+        return response
+    ask = [] if forwarded or sku is not None else cluster.others()
+    if wait is not None:
+        return await wait_for_order(request, order_id, wait, ask)
+    for url, status, body in await cluster.ask_others(request) if ask else []:
+        if status == 200:
+            response = json_response(body)
+            response.headers[cluster.SERVED_BY_HEADER] = url
+            return response
+        if status != 404:
+            raise PeerError(f"worker {url} answered {status} to {request.path_qs}")
     return error(404, f"unknown order_id: {order_id}")
+
+
+async def wait_for_order(
+    request: Any, order_id: str, wait: float, ask: list[str]
+) -> aioweb.Response:
+    """Wait up to ``wait`` seconds for the order here (woken by the commit that writes
+    it, app/waiters.py) and, in parallel, on the workers at ``ask`` (each waits the same
+    way); answer with the first that finds it, 404 once all of them gave up."""
+    key = order_id.encode()
+    try:
+        with waiters.orders.waiting(key) as committed:
+            record = doc(order_status, key)
+            if record is not None:
+                return json_response(record)
+            return await _first_answer(request, order_id, wait, committed, ask)
+    except waiters.TooManyWaiting as exc:
+        return error(503, str(exc))
+
+
+async def _first_answer(
+    request: Any, order_id: str, wait: float, committed: asyncio.Future[None], ask: list[str]
+) -> aioweb.Response:
+    key = order_id.encode()
+    local = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(committed), wait))
+    peers: dict[asyncio.Future[Any], str] = {
+        asyncio.ensure_future(cluster.fetch(url, request, wait_s=wait)): url for url in ask
+    }
+    pending: set[asyncio.Future[Any]] = {local, *peers}
+    problem = ""
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                failure = task.exception()
+                if task is local:
+                    record = None if failure is not None else doc(order_status, key)
+                    if record is not None:
+                        return json_response(record)
+                    continue
+                url = peers[task]
+                if failure is not None:
+                    problem = problem or str(failure)
+                    continue
+                status, body = task.result()
+                if status == 200:
+                    response = json_response(body)
+                    response.headers[cluster.SERVED_BY_HEADER] = url
+                    return response
+                if status != 404:
+                    problem = problem or f"worker {url} answered {status} to {request.path_qs}"
+    finally:
+        for task in (local, *peers):
+            task.cancel()
+    if problem:
+        raise PeerError(problem)
+    return error(404, f"unknown order_id: {order_id} (waited {wait:g} s)")
 
 
 @route("/supplier-orders/{sku}")
@@ -486,6 +585,31 @@ async def recent(web: Any, request: Any) -> aioweb.Response:
             (d for b in bodies for d in b["dead_letters"]),
         ),
     )
+
+
+@route("/schemas")
+async def schema_index(web: Any, request: Any) -> aioweb.Response:
+    """Which topics have a published JSON Schema, and where to get each."""
+    return json_response(
+        {
+            "dialect": schemas.DIALECT,
+            "inputs": list(schemas.INPUT_TOPICS),
+            "outputs": list(schemas.OUTPUT_TOPICS),
+            "schemas": {
+                topic: f"/schemas/{topic}"
+                for topic in (*schemas.INPUT_TOPICS, *schemas.OUTPUT_TOPICS)
+            },
+        }
+    )
+
+
+@route("/schemas/{topic}")
+async def schema_item(web: Any, request: Any, topic: str) -> aioweb.Response:
+    """The JSON Schema (draft 2020-12) of one topic's values; the contract's topic names."""
+    try:
+        return json_response(schemas.schema(topic))
+    except KeyError:
+        return error(404, f"no schema for topic {topic!r}; see /schemas")
 
 
 @route("/cluster")

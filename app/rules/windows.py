@@ -19,7 +19,12 @@ Semantics (see the contract, "Semantics"):
   yet, so calling ``close_due`` after every order or once per batch gives the
   same closed windows, in the same order, and the same late counts;
 * the first time a hopping window of a SKU holds more than
-  ``expedite_threshold`` orders, one :class:`Expedite` is returned for it.
+  ``expedite_threshold`` orders, one :class:`Expedite` is returned for it;
+* **idle close** (off unless the agent sets it): a partition that received no
+  event for ``idle_close_s`` seconds of wall time has its stream time moved on by
+  the wall time elapsed since its last event (:func:`idle_stream_time`,
+  :meth:`PartitionWindows.advance_to`); windows closed that way are closed like
+  any other, and orders for them are late.
 
 Revenue is kept as an exact :class:`~decimal.Decimal` (no rounding at all
 while aggregating) and only rounded half-even to cents on output.
@@ -62,6 +67,7 @@ __all__ = [
     "assign",
     "closes_at",
     "hopping",
+    "idle_stream_time",
     "is_closed",
     "parse_window_key",
     "revenue_cents",
@@ -187,6 +193,23 @@ def closes_at(spec: WindowSpec, start: int, grace_s: int) -> int:
 def is_closed(spec: WindowSpec, start: int, stream_time: float | None, grace_s: int) -> bool:
     """Whether the window starting at ``start`` is closed at ``stream_time``."""
     return stream_time is not None and stream_time >= start + spec.size_s + grace_s
+
+
+def idle_stream_time(
+    stream_time_at_last_event: float | None, idle_for_s: float, idle_close_s: float
+) -> float | None:
+    """Stream time of a partition idle for ``idle_for_s`` wall seconds (idle close).
+
+    ``stream_time_at_last_event`` is the partition's stream time right after its last
+    event. Once the partition has been idle for at least ``idle_close_s`` (> 0), its
+    stream time is that plus the wall time elapsed since; before that, or with idle
+    close off (``idle_close_s <= 0``) or no stream time yet, None (leave it alone).
+    Measured from the last event, not added up per call, so calling it often or
+    seldom gives the same stream time for the same idle period.
+    """
+    if idle_close_s <= 0 or stream_time_at_last_event is None or idle_for_s < idle_close_s:
+        return None
+    return stream_time_at_last_event + idle_for_s
 
 
 def assign(
@@ -551,6 +574,22 @@ class PartitionWindows:
         floor(ts)  # same finiteness check as apply_order
         if ts > self._stream_time:
             self._stream_time = ts
+
+    @property
+    def next_close_at(self) -> int | None:
+        """Stream time at which the next held window closes (None if none is held)."""
+        return self._heap[0][0] if self._heap else None
+
+    def advance_to(self, stream_time: float) -> list[ClosedWindow]:
+        """Move stream time to ``stream_time`` (if later) without an order, and remove
+        and return the windows that are then closed (as :meth:`close_due`).
+
+        For idle close: the agent moves an idle partition's stream time on by wall
+        time. Orders that arrive afterwards are judged against the new stream time,
+        so an order for a window closed this way is late.
+        """
+        self.advance(stream_time)
+        return self.close_due()
 
     def close_due(self) -> list[ClosedWindow]:
         """Remove and return every window closed by the current stream time.

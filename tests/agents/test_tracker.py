@@ -343,3 +343,46 @@ def test_expired_ids_leave_the_store_and_the_index_survives_a_rebuild() -> None:
     changelog = [k for t, k, _, _ in _apply_to_stores(batch) if "seen-ids" in t]
     assert any(k.startswith(tracker.EXPIRY) for k in written)
     assert changelog and not any(k.startswith(tracker.LOCAL_PREFIX) for k in changelog)
+
+
+def test_idle_close_emits_due_windows_once_and_persists_stream_time(monkeypatch: Any) -> None:
+    import dataclasses
+
+    committed: list[Batch] = []
+
+    async def commit_to_tables(tp: TP, batch: Batch) -> None:
+        assert tp == TP(ENVELOPES, P) and not batch.sources  # no input offsets
+        list(_apply_to_stores(batch))
+        committed.append(batch)
+
+    idle = dataclasses.replace(tracker.settings, window_idle_close_seconds=3.0)
+    monkeypatch.setattr(tracker, "settings", idle)
+    monkeypatch.setattr(tracker, "can_commit", lambda tp: True)
+    monkeypatch.setattr(tracker, "_commit", commit_to_tables)
+
+    import asyncio
+
+    feed = Feed()
+    run(feed.envelope(order("o1", 1, T0 + 5), order("o2", 2, T0 + 30)))
+    rt = tracker._runtimes[P]
+    since = rt.idle_since
+    # Idle for less than the setting, or long enough but nothing due yet: nothing happens.
+    assert asyncio.run(tracker.idle_tick(since + 2.9)) == 0
+    assert asyncio.run(tracker.idle_tick(since + 30)) == 0
+    assert committed == []
+    # 40 s idle: stream time T0 + 70 = end of [12:00, 12:01) + 10 s grace.
+    assert asyncio.run(tracker.idle_tick(since + 40)) == 1
+    results = [r for r in out(committed[0], topics.window_results) if r["kind"] == "tumbling"]
+    assert [(r["window_start"], r["orders"], r["units"]) for r in results] == [
+        ("2026-11-26T12:00:00Z", 2, 3)
+    ]
+    assert asyncio.run(tracker.idle_tick(since + 41)) == 0  # once
+    meta = orjson.loads(tracker.get(tracker.partition_state, b"p%d" % P, P) or b"{}")
+    assert meta["order_stream_time"] == T0 + 70
+
+    # A restarted worker starts from the tables: the closed window is never emitted
+    # again, the idle clock starts again, and an order for that window is late.
+    tracker._runtimes.clear()
+    late = run(feed.envelope(order("o3", 1, T0 + 40)))
+    assert [r for r in out(late, topics.window_results) if r["kind"] == "tumbling"] == []
+    assert tracker._runtimes[P].counters["late_orders"] == 1

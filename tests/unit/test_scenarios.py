@@ -452,3 +452,26 @@ def test_expect_windows_and_late_orders_follow_the_partition_stream_time() -> No
     assert tumbling == [(t0, 1)]
     rows = held_windows(exp, "A", "tumbling")
     assert [(r[2], r[5]) for r in rows] == [(1, True), (1, False)]  # (orders, closed)
+
+
+def test_check_jsonl_reports_every_bad_line_with_its_reason(tmp_path: Path) -> None:
+    good = {"order_id": "o1", "customer_id": "c", "sku": "A", "quantity": 1}
+    lines = [
+        orjson.dumps({"topic": "orders", "value": {**good, "unit_price": 1, "ts": 1.8e9}}),
+        b"",
+        orjson.dumps({"topic": "orders", "value": {**good, "unit_price": -1, "ts": 1.8e9}}),
+        b"{not json",
+        orjson.dumps({"topic": "stock", "value": "{}"}),
+        orjson.dumps({"topic": "elsewhere", "value": {}}),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    found = dict(sc.check_jsonl(path))
+    assert list(found) == [1, 3, 4, 5, 6]  # the blank line is skipped
+    assert found[1] is None
+    assert found[3] is not None and found[3].startswith("orders: unit_price")
+    assert found[4] is not None and found[4].startswith("not an event line: not valid JSON")
+    assert found[5] == "stock: missing field: event_id"
+    assert found[6] is not None and found[6].startswith("not an event line: topic")
+    with pytest.raises(sc.ScenarioError, match="cannot read"):
+        list(sc.check_jsonl(tmp_path / "missing.jsonl"))

@@ -23,6 +23,8 @@ def test_defaults_are_the_contracts() -> None:
     assert (s.window_grace_seconds, s.expedite_threshold) == (10, 2)
     assert s.processing_guarantee == "exactly_once"
     assert s.max_future_seconds == 3600
+    assert s.window_idle_close_seconds == 0  # idle close off
+    assert s.max_waiting_requests == 1000
 
 
 def test_values_are_parsed_and_blank_means_default() -> None:
@@ -36,6 +38,8 @@ def test_values_are_parsed_and_blank_means_default() -> None:
             "WEB_ADVERTISED_URL": "http://worker-2:7000/",
             "PEER_TIMEOUT_SECONDS": "1.5",
             "MAX_FUTURE_SECONDS": "60",
+            "WINDOW_IDLE_CLOSE_SECONDS": "2.5",
+            "MAX_WAITING_REQUESTS": "3",
         }
     )
     assert s.broker_url == "kafka://localhost:9093"
@@ -45,6 +49,9 @@ def test_values_are_parsed_and_blank_means_default() -> None:
     assert s.advertised_url == "http://worker-2:7000"
     assert s.peer_timeout_seconds == 1.5
     assert s.max_future_seconds == 60
+    assert s.window_idle_close_seconds == 2.5
+    assert s.max_waiting_requests == 3
+    assert Settings.from_env({"WINDOW_IDLE_CLOSE_SECONDS": "0"}).window_idle_close_seconds == 0
 
 
 def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
@@ -80,6 +87,11 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("MAX_FUTURE_SECONDS", "-5"),
         ("MAX_FUTURE_SECONDS", "an hour"),
         ("BROKER_WAIT_SECONDS", "0"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "-1"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "nan"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "inf"),
+        ("WINDOW_IDLE_CLOSE_SECONDS", "soon"),
+        ("MAX_WAITING_REQUESTS", "0"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:

@@ -24,6 +24,7 @@ from app.rules.windows import (
     assign,
     closes_at,
     hopping,
+    idle_stream_time,
     is_closed,
     parse_window_key,
     revenue_cents,
@@ -802,3 +803,54 @@ def test_property_restore_anywhere_equals_uninterrupted(
     assert closed_map(part1.closed + part2.closed) == closed_map(whole.closed)
     assert part1.late + part2.late == whole.late
     assert part1.expedites + part2.expedites == whole.expedites
+
+
+# -------------------------------------------------------------------- idle close
+
+
+def test_idle_stream_time_is_off_until_idle_long_enough() -> None:
+    assert idle_stream_time(BASE, 10.0, 0) is None  # off
+    assert idle_stream_time(None, 10.0, 3) is None  # no order yet: nothing to close
+    assert idle_stream_time(BASE, 2.999, 3) is None  # not idle long enough
+    assert idle_stream_time(BASE, 3.0, 3) == BASE + 3.0
+    assert idle_stream_time(BASE, 42.5, 3) == BASE + 42.5  # the whole idle period counts
+
+
+def test_advance_to_closes_and_returns_what_is_due_once(make: MakeWindows) -> None:
+    pw = make(grace_s=0)
+    feed(pw, [order("a", 10), order("b", 59)], close_after=lambda _i: False)
+    assert pw.next_close_at == BASE + 60
+    assert pw.advance_to(BASE + 59.5) == []
+    closed = pw.advance_to(BASE + 60)
+    assert [(c.sku, c.kind, c.window_start) for c in closed] == [
+        ("a", "hopping", BASE - 240),
+        ("b", "hopping", BASE - 240),
+        ("a", "tumbling", BASE),
+        ("b", "tumbling", BASE),
+    ]
+    assert pw.stream_time == BASE + 60
+    assert pw.advance_to(BASE + 60) == []  # each window once
+    assert pw.advance_to(BASE + 10) == []  # stream time never moves back
+    assert pw.stream_time == BASE + 60
+
+
+def test_an_order_for_a_window_closed_by_idleness_is_late(make: MakeWindows) -> None:
+    pw = make(grace_s=0)
+    pw.apply_order("a", BASE + 10, 1, Decimal(1))
+    pw.advance_to(BASE + 60)
+    res = pw.apply_order("a", BASE + 20, 1, Decimal(1))
+    # Closed by idleness: its tumbling window and the hopping window ending at BASE + 60.
+    assert res.late == 2
+    assert ("a", "tumbling", BASE) not in pw
+    assert pw.get(("a", "hopping", BASE)) == WindowAgg(2, 2, Decimal(2))
+
+
+def test_idle_close_survives_restore(make: MakeWindows) -> None:
+    first = make(grace_s=0)
+    first.apply_order("a", BASE + 10, 1, Decimal(1))
+    emitted = first.advance_to(BASE + 60)
+    assert emitted
+    second = make(grace_s=0)
+    second.restore(*snapshot(first))
+    assert second.close_due() == []  # never emitted again
+    assert second.apply_order("a", BASE + 30, 1, Decimal(1)).late == 2

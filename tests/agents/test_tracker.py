@@ -386,3 +386,40 @@ def test_idle_close_emits_due_windows_once_and_persists_stream_time(monkeypatch:
     late = run(feed.envelope(order("o3", 1, T0 + 40)))
     assert [r for r in out(late, topics.window_results) if r["kind"] == "tumbling"] == []
     assert tracker._runtimes[P].counters["late_orders"] == 1
+
+
+def test_idle_close_waits_for_events_held_by_the_merge_and_ignores_bare_reports(
+    monkeypatch: Any,
+) -> None:
+    """A progress report (sent to every partition by every ingest batch) is no event:
+    it does not restart the idle clock. A partition whose merge holds events waiting
+    for a lagging input partition is not idle: idle close would make them late."""
+    import asyncio
+    import dataclasses
+
+    committed: list[Batch] = []
+
+    async def commit_to_tables(tp: TP, batch: Batch) -> None:
+        list(_apply_to_stores(batch))
+        committed.append(batch)
+
+    idle = dataclasses.replace(tracker.settings, window_idle_close_seconds=3.0)
+    monkeypatch.setattr(tracker, "settings", idle)
+    monkeypatch.setattr(tracker, "can_commit", lambda tp: True)
+    monkeypatch.setattr(tracker, "_commit", commit_to_tables)
+    feed = Feed()
+    run(feed.envelope(order("o1", 1, T0 + 5)))
+    rt = tracker._runtimes[P]
+    since = rt.idle_since
+    tp = TP(ENVELOPES, P)
+    list(tracker.batches(tp, [envelope(feed.envelope_offset, [], all_at_end())]))
+    assert rt.idle_since == since
+    # An order arrives whose stock partition lags: held, so no idle close.
+    held = envelope(
+        feed.envelope_offset + 1,
+        [row(ORDERS, 0, 1, order("o2", 1, T0 + 6)[1], T0 + 6)],
+        [*all_at_end((1, 0)), report(1, 0, T0 - 50, False)],
+    )
+    list(tracker.batches(tp, [held]))
+    assert len(rt.merge) == 1
+    assert asyncio.run(tracker.idle_tick(since + 1_000)) == 0 and committed == []

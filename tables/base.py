@@ -17,15 +17,15 @@ from rocksdict import WriteBatch
 from app.main import app, settings
 
 ROCKSDB_OPTIONS = {
-    "write_buffer_size": 8 * 1024**2,
+    "write_buffer_size": 4 * 1024**2,
     "max_write_buffer_number": 2,
-    "block_cache_size": 8 * 1024**2,
+    "block_cache_size": 4 * 1024**2,
 }
 """Per RocksDB instance (one per table per partition: 6 x TOPIC_PARTITIONS of them).
 
 Faust's defaults are three 64 MiB memtables and a 2 GiB block cache *each*, so a
 worker's memory grew with every order it stored until those filled (about 1 KB per
-order, measured up to 1M orders). These bound it at about 24 MiB per instance; the
+order, measured up to 1M orders). These bound it at about 12 MiB per instance; the
 data itself stays on disk.
 """
 

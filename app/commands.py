@@ -840,6 +840,7 @@ def _expected_stats(exp: Expected) -> dict[str, int]:
     }
     if exp.windows_known:
         stats["late"] = exp.late
+        stats["expedites"] = len(exp.expedites)
     return stats
 
 

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_KEY_CHARS = 64
+ECHO_CHARS = 80
+"""Most characters of a client's input an error message repeats (a path, a parameter)."""
 
 Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
 View = Callable[..., Awaitable[aioweb.Response]]
@@ -52,6 +54,17 @@ def json_response(data: Any, status: int = 200) -> aioweb.Response:
 
 def error(status: int, message: str) -> aioweb.Response:
     return json_response({"error": message}, status=status)
+
+
+def cut(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` for an error message: at most ``limit`` characters, marked when cut.
+
+    A request may carry a path of many kilobytes; repeating it whole in the answer (and
+    in a dashboard or a log) helps nobody.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 @aioweb.middleware
@@ -67,7 +80,7 @@ async def json_errors(request: aioweb.Request, handler: Handler) -> aioweb.Strea
         if exc.status < 400:
             raise
         reason = "not found" if exc.status == 404 else exc.reason.lower()
-        return error(exc.status, f"{reason}: {request.method} {request.path}")
+        return error(exc.status, f"{reason}: {request.method} {cut(request.path)}")
     except Exception:
         log.exception("Unexpected error serving %s %s", request.method, request.path)
         return error(500, "internal error (logged by the worker)")
@@ -151,11 +164,10 @@ def doc(table: Any, key: bytes) -> Any | None:
 def stock_view(sku: str, state: dict[str, Any]) -> dict[str, Any]:
     open_order = state["open_order"]
     if open_order is not None:
-        open_order = {
-            **open_order,
-            "created_at": format_ts(open_order.pop("created_ts")),
-            "ts": format_ts(open_order["ts"]),
-        }
+        # Stored times are epoch seconds; answers carry ISO-8601 strings only.
+        open_order = dict(open_order)
+        open_order["created_at"] = format_ts(open_order.pop("created_ts"))
+        open_order["ts"] = format_ts(open_order["ts"])
     return {
         "sku": sku,
         "level": state["level"],
@@ -277,11 +289,14 @@ async def window_list(web: Any, request: Any, sku: str) -> aioweb.Response:
     sku = key_param(sku, "sku")
     kind = request.query.get("kind", "tumbling")
     if kind not in w.KINDS:
-        return error(400, f"kind must be tumbling or hopping, got {kind!r}")
+        return error(400, f"kind must be tumbling or hopping, got {cut(repr(kind))}")
     return await routed(request, sku, lambda: windows_of(sku, kind))
 
 
 def windows_of(sku: str, kind: str) -> aioweb.Response:
+    # Like every other keyed read: a SKU no event ever named is unknown, not empty.
+    if lookup(sku_state, sku.encode()) is None:
+        return error(404, f"unknown sku: {sku}")
     spec = (
         w.tumbling(settings.tumbling_seconds)
         if kind == "tumbling"
@@ -334,6 +349,7 @@ def totals() -> dict[str, int]:
         "dead_lettered": dead,
         "duplicates": counters.get("duplicates", 0),
         "late": counters.get("late_orders", 0),
+        "expedites": counters.get("expedites", 0),
         "replays_skipped": counters.get("replayed", 0),
     }
 

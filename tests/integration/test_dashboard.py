@@ -2,9 +2,9 @@
 static file route, against a real worker and broker.
 
 The browser is Debian's ``chromium`` (``/usr/bin/chromium``) driven by Playwright for
-Python; Playwright never downloads a browser here. Without ``/usr/bin/chromium`` the
-browser tests skip, except in CI (``CI`` set), where they fail instead: CI installs it
-(scripts/setup). Screenshots go to ``artifacts/`` (git-ignored); with
+Python; Playwright never downloads a browser here (``CHROMIUM`` names another binary).
+Without it the browser tests skip with the reason, except in CI (``CI`` set), where they
+fail instead: ``scripts/test`` installs it there (``scripts/setup --browser``). Screenshots go to ``artifacts/`` (git-ignored); with
 ``UPDATE_DOCS_SCREENSHOT=1`` the demo screenshot is also copied to docs/dashboard.png.
 """
 
@@ -30,7 +30,7 @@ from tests.integration.harness import REPO, Worker, faust_cli, produce, unique
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CHROMIUM") or "/usr/bin/chromium")
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -55,8 +55,11 @@ def in_ci() -> bool:
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         if in_ci():
-            pytest.fail(f"{CHROMIUM} is missing in CI: scripts/setup installs Debian's chromium")
-        pytest.skip(f"no {CHROMIUM}: `apt-get install chromium` runs the browser tests (CI does)")
+            pytest.fail(f"{CHROMIUM} is missing in CI: `scripts/setup --browser` installs it")
+        pytest.skip(
+            f"no browser at {CHROMIUM}: `scripts/setup --browser` installs Debian's chromium "
+            "(CI=true scripts/test does it itself)"
+        )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True

@@ -4,8 +4,9 @@ static file route, against a real worker and broker.
 The browser is Debian's ``chromium`` (``/usr/bin/chromium``) driven by Playwright for
 Python; Playwright never downloads a browser here (``CHROMIUM`` names another binary).
 Without it the browser tests skip with the reason, except in CI (``CI`` set), where they
-fail instead: ``scripts/test`` installs it there (``scripts/setup --browser``). Screenshots go to ``artifacts/`` (git-ignored); with
-``UPDATE_DOCS_SCREENSHOT=1`` the demo screenshot is also copied to docs/dashboard.png.
+fail instead: ``scripts/test`` installs it there (``scripts/setup --browser``).
+Screenshots go to ``artifacts/`` (git-ignored); with ``UPDATE_DOCS_SCREENSHOT=1`` the demo
+screenshot is also copied to docs/dashboard.png.
 """
 
 from __future__ import annotations

@@ -48,9 +48,13 @@ def mounts(compose: dict[str, Any], svc: dict[str, Any]) -> dict[PurePosixPath, 
     """Container path -> named volume, for every named-volume mount of ``svc``."""
     out = {}
     for spec in svc.get("volumes", []):
-        source, target = spec.split(":")[:2] if isinstance(spec, str) else (
-            spec["source"],
-            spec["target"],
+        source, target = (
+            spec.split(":")[:2]
+            if isinstance(spec, str)
+            else (
+                spec["source"],
+                spec["target"],
+            )
         )
         assert source in compose.get("volumes", {}), f"{source} is not a named volume"
         out[PurePosixPath(target)] = source
@@ -143,7 +147,7 @@ def test_cluster3_is_three_brokers_rf3_min_isr2_and_a_worker_asking_for_3(
         assert e["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2", name
         assert f"PLAINTEXT://{name}:9092" in e["KAFKA_ADVERTISED_LISTENERS"], name
 
-    (name, worker), = workers.items()
+    ((name, worker),) = workers.items()
     wenv = env(worker)
     assert wenv["REPLICATION_FACTOR"] == "3"
     # It bootstraps from all three (any one may be the one that is down)...

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 import time
 import urllib.parse
@@ -554,6 +555,9 @@ async def inject(
             not quiet and sys.stderr.isatty(),
         ),
     )
+    unreachable = await broker_unreachable(settings)
+    if unreachable is not None:
+        fail("inject", unreachable)
     try:
         report = await injector.run(events)
     except (TimeoutError, OSError) as exc:
@@ -561,11 +565,39 @@ async def inject(
     except Exception as exc:  # Kafka unreachable and the like: one line, not a traceback
         text = str(exc)
         name = type(exc).__name__
-        fail("inject", text if text.startswith(name) else f"{name}: {text}", code=1)
+        text = text if text.startswith(name) else f"{name}: {text}"
+        fail("inject", f"{text} (BROKER_URL={settings.broker_url})", code=1)
     if not quiet:
         print(inject_summary(report, args, settings), flush=True)
     if report.errors:
         raise SystemExit(1)
+
+
+async def broker_unreachable(conf: Settings, timeout: float = 5.0) -> str | None:
+    """None when a bootstrap server of BROKER_URL accepts a connection, else the one
+    line to print. Checked before any Kafka client starts: a client would log its own
+    connection errors first, and name neither the setting nor what to do."""
+
+    async def attempt(hostport: str) -> str | None:
+        host, _, port = hostport.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        except TimeoutError:
+            return f"{hostport}: no answer within {timeout:g} s"
+        except ConnectionError as exc:
+            return f"{hostport}: {os.strerror(exc.errno) if exc.errno else exc}"
+        except (OSError, ValueError) as exc:
+            return f"{hostport}: {getattr(exc, 'strerror', None) or exc}"
+        writer.close()
+        return None
+
+    failures = await asyncio.gather(*(attempt(h) for h in conf.broker_host_ports.split(",")))
+    if any(f is None for f in failures):
+        return None
+    return (
+        f"cannot reach Kafka at BROKER_URL={conf.broker_url} ({'; '.join(map(str, failures))}); "
+        "start a broker (scripts/demo or scripts/kafka start) or set BROKER_URL"
+    )
 
 
 async def _write(path: Path, events: Iterable[sc.Event], quiet: bool) -> None:
@@ -1009,9 +1041,13 @@ async def _get_all(
                     except orjson.JSONDecodeError:
                         return path, (response.status, body.decode(errors="replace")[:80])
             except (aiohttp.ClientError, TimeoutError) as exc:
-                return path, (0, f"no answer: {type(exc).__name__}")
+                return path, (0, f"{NO_ANSWER}: {type(exc).__name__}")
 
     return dict(await asyncio.gather(*(get(p) for p in dict.fromkeys(paths))))
+
+
+NO_ANSWER = "no answer"
+"""How a check reads when nothing answered at the --check URL."""
 
 
 def _evaluate(checks: list[Check], answers: dict[str, tuple[int, Any]]) -> list[Mismatch]:
@@ -1119,6 +1155,16 @@ async def expect(
         return
     checks = build_checks(exp)
     mismatches = await run_checks(check, checks, timeout_s)
+    if (
+        mismatches
+        and all(isinstance(m.actual, str) and m.actual.startswith(NO_ANSWER) for m in mismatches)
+        and len(mismatches) == len(checks)
+    ):
+        fail(
+            "expect",
+            f"no worker answers at --check {check} (within --timeout {timeout_s:g} s); "
+            "start one (scripts/demo) or give its URL (http://host:WEB_PORT)",
+        )
     if doc is not None:
         doc["check"] = {
             "url": check,

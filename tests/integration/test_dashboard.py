@@ -394,3 +394,39 @@ def test_static_files_config_and_traversal(worker: Worker) -> None:
     assert status == 200 and json.loads(body) == {"kind": "tumbling", "size": 60, "windows": []}
     status, _, body = raw_get(worker, "/dashboard/windows?limit=0")
     assert status == 400 and "error" in json.loads(body)
+
+
+# --- a loading state, and counts that are counts -----------------------------------------
+
+
+def test_dashboard_says_loading_until_the_first_answer(worker: Worker, page: Page) -> None:
+    # The stock list never answers: the page must not claim there are no SKUs.
+    page.route("**/stock/?limit=1000", lambda route: None)
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("empty-stock")).to_have_text("Loading stock levels…")
+    expect(page.get_by_test_id("empty-stock")).to_be_visible()
+    # The first answer arrives: the empty state says what is true.
+    page.unroute("**/stock/?limit=1000")
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("empty-stock")).to_have_text(
+        "No SKUs yet: produce to the orders or stock topic", timeout=WAIT_MS
+    )
+
+
+def test_expedites_badge_counts_every_expedite(worker: Worker, kafka: str, page: Page) -> None:
+    # Three orders of one SKU at one time put it over the threshold (2) in each of the
+    # 5 hopping windows (300 s every 60 s) that cover that time: 5 expedites per SKU.
+    skus = [unique("SKU-X") for _ in range(5)]
+    ts = "2026-11-26T12:00:30Z"
+    orders = [{**order_event(sku, 1), "ts": ts} for sku in skus for _ in range(3)]
+    produce_now(kafka, worker.topic("orders"), orders, key=lambda v: v["sku"])
+    worker.wait_for("/stats", lambda s: s["processed_orders"] == 15)
+    stats = worker.wait_for("/stats", lambda s: s["expedites"] == 25)
+    assert stats["expedites"] == 25
+    status, recent = worker.get("/recent")
+    assert status == 200 and len(recent["expedites"]) == 20  # the list is capped
+
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("expedites-list").locator("li")).to_have_count(20, timeout=WAIT_MS)
+    expect(page.get_by_test_id("expedite-count")).to_have_text("25")
+    expect(page.get_by_test_id("expedite-sub")).to_contain_text("newest 20 shown")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.harness import REPO, STARTED, Worker, throwaway_broker
 
-FAILED_LOGS = REPO / "artifacts" / "failed"
+FAILED_LOGS = Path(os.environ.get("TEST_ARTIFACTS") or REPO / "artifacts") / "failed"
 TAIL_LINES = 40
 
 

@@ -100,3 +100,15 @@ def test_the_readme_links_the_contract_inside_the_repository() -> None:
         path = (REPO / target).resolve()
         assert path.is_relative_to(REPO), f"README links outside the repository: {target}"
         assert path.exists(), f"README links a missing file: {target}"
+
+
+def test_the_readme_http_table_is_one_table_with_every_route(code_routes: set[str]) -> None:
+    readme = (REPO / "README.md").read_text()
+    api = readme[readme.index("## HTTP API") :]
+    lines = api.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| request"))
+    last = max(i for i, line in enumerate(lines) if line.startswith("| `GET "))
+    # A blank line ends a Markdown table: every row must come before the first one.
+    assert all(line.startswith("|") for line in lines[first : last + 1]), "table split"
+    rows = set(re.findall(r"^\| `GET (/[^`?\s]*)", "\n".join(lines[first : last + 1]), re.M))
+    assert code_routes <= rows, code_routes - rows

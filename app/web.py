@@ -24,6 +24,7 @@ from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
 from app.rules import windows as w
+from app.text import cut
 from app.topics import events_by_sku, sku_partition
 from tables import (
     dead_letter_stats,
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_KEY_CHARS = 64
-ECHO_CHARS = 80
-"""Most characters of a client's input an error message repeats (a path, a parameter)."""
 
 Handler = Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
 View = Callable[..., Awaitable[aioweb.Response]]
@@ -54,17 +53,6 @@ def json_response(data: Any, status: int = 200) -> aioweb.Response:
 
 def error(status: int, message: str) -> aioweb.Response:
     return json_response({"error": message}, status=status)
-
-
-def cut(text: str, limit: int = ECHO_CHARS) -> str:
-    """``text`` for an error message: at most ``limit`` characters, marked when cut.
-
-    A request may carry a path of many kilobytes; repeating it whole in the answer (and
-    in a dashboard or a log) helps nobody.
-    """
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 @aioweb.middleware
@@ -248,7 +236,7 @@ async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
                 response.headers[cluster.SERVED_BY_HEADER] = url
                 return response
             if status != 404:
-                raise PeerError(f"worker {url} answered {status} to {request.path_qs}")
+                raise PeerError(f"worker {url} answered {status} to {cut(request.path_qs)}")
     return error(404, f"unknown order_id: {order_id}")
 
 

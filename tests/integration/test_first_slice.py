@@ -83,6 +83,7 @@ def test_errors_do_not_echo_long_inputs(worker: Worker) -> None:
         (f"/nothing-here/{long}", 404),
         (f"/windows/SKU-1?kind={long}", 400),
         (f"/stock/?limit={long}", 400),
+        (f"/static/{long}", 404),
     ):
         got, body = worker.get(path)
         assert got == status, (path[:40], got, body)

@@ -17,6 +17,12 @@ from tests.integration.harness import REPO
 
 FAKE_APT = """#!/bin/sh
 echo "$@" >> "$APT_LOG"
+# The first `update` fails as when another apt run holds the lists lock.
+if [ "$1 $2 $3" = "-o DPkg::Lock::Timeout=120 update" ] && [ ! -e "$APT_LOG.busy" ]; then
+  touch "$APT_LOG.busy"
+  echo "E: Could not get lock /var/lib/apt/lists/lock" >&2
+  exit 100
+fi
 """
 
 
@@ -28,6 +34,7 @@ def run(tmp_path: Path, *argv: str, **env: str) -> tuple[subprocess.CompletedPro
     apt.chmod(0o755)
     log = tmp_path / "apt.log"
     log.unlink(missing_ok=True)
+    Path(f"{log}.busy").unlink(missing_ok=True)
     full_env = dict(
         os.environ,
         PATH=f"{bin_dir}:{os.environ['PATH']}",
@@ -59,10 +66,13 @@ def test_setup_browser_installs_it_waiting_for_the_apt_lock(tmp_path: Path) -> N
     done, apt = run(tmp_path, "scripts/setup", "--browser")
     assert done.returncode == 0, done.stdout + done.stderr
     calls = apt.splitlines()
+    # The lock was held at first: waited for and tried again, not a failure.
     assert calls == [
+        "-o DPkg::Lock::Timeout=120 update -qq",
         "-o DPkg::Lock::Timeout=120 update -qq",
         "-o DPkg::Lock::Timeout=120 install -y -qq chromium",
     ]
+    assert "apt lock held?" in done.stderr
 
 
 def test_setup_refuses_an_unknown_argument(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 Every variable of the contract's settings section lives here with its default. A bad
 value raises :class:`SettingsError` whose message is one line naming the variable and
-what is allowed; ``app/__init__.py`` turns it into that one line on stderr and exit 2.
+what is allowed; ``app/main.py`` turns it into that one line on stderr and exit 2. A
+variable set to the empty string is a bad value unless the setting's default is empty:
+``REORDER_POINT=`` is a typo or an unset shell variable far more often than a wish for
+the default.
 """
 
 from __future__ import annotations

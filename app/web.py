@@ -70,7 +70,7 @@ async def json_errors(request: aioweb.Request, handler: Handler) -> aioweb.Strea
         reason = "not found" if exc.status == 404 else exc.reason.lower()
         return error(exc.status, f"{reason}: {request.method} {cut(request.path)}")
     except Exception:
-        log.exception("Unexpected error serving %s %s", request.method, request.path)
+        log.exception("Unexpected error serving %s %s", request.method, cut(request.path))
         return error(500, "internal error (logged by the worker)")
 
 

@@ -10,7 +10,9 @@ COPY tables ./tables
 COPY agents ./agents
 RUN pip install .
 
-# Table state (RocksDB) lives here; mount a volume to keep it across restarts.
+# The running worker's RocksDB tables live here. Under exactly once they are rebuilt from
+# their changelog topics at every start, so this is scratch space: the durable state is
+# in Kafka.
 ENV DATA_DIR=/var/lib/stock-tracker WEB_PORT=6066
 RUN mkdir -p /var/lib/stock-tracker
 VOLUME ["/var/lib/stock-tracker"]

@@ -64,7 +64,15 @@ SPECS = (
     w.tumbling(settings.tumbling_seconds),
     w.hopping(settings.hopping_seconds, settings.hopping_step_seconds),
 )
-COUNTERS = ("orders", "stock_moves", "duplicates", "late_orders", "replayed", "failed")
+COUNTERS = (
+    "orders",
+    "stock_moves",
+    "duplicates",
+    "late_orders",
+    "replayed",
+    "failed",
+    "expedites",
+)
 RECENT = 20
 """How many recent expedites and window results each partition keeps for the dashboard."""
 
@@ -462,6 +470,7 @@ class BatchProcessor:
                 "threshold": settings.expedite_threshold,
             }
             self.batch.emit(self.t_expedites, sku_key(sku), dumps(doc))
+            self.rt.counters["expedites"] += 1  # /stats: the recent list is capped
             self.rt.recent_expedites = [doc, *self.rt.recent_expedites][:RECENT]
 
     # -- end of batch ----------------------------------------------------------

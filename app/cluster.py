@@ -22,6 +22,7 @@ from aiohttp import web as aioweb
 from faust.types import TP
 
 from app.main import app, settings
+from app.text import cut
 from app.topics import events_by_sku, sku_partition
 
 HOP_HEADER = "X-Stock-Tracker-Hop"
@@ -90,7 +91,8 @@ async def fetch(url: str, request: aioweb.Request, *, wait_s: float = 0.0) -> tu
             return r.status, orjson.loads(raw)
     except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
         reason = type(exc).__name__ if not str(exc) else str(exc)
-        raise PeerError(f"worker {url} did not answer {request.path_qs}: {reason}") from None
+        what = cut(request.path_qs)
+        raise PeerError(f"worker {url} did not answer {what}: {cut(reason)}") from None
 
 
 def others() -> list[str]:
@@ -110,6 +112,7 @@ async def gather(request: aioweb.Request) -> list[Any]:
     bodies = []
     for url, status, body in await ask_others(request):
         if status != 200:
-            raise PeerError(f"worker {url} answered {status} to {request.path_qs}: {body}")
+            what, said = cut(request.path_qs), cut(str(body))
+            raise PeerError(f"worker {url} answered {status} to {what}: {said}")
         bodies.append(body)
     return bodies

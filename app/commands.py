@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 import time
 import urllib.parse
@@ -567,6 +568,9 @@ async def inject(
             not quiet and sys.stderr.isatty(),
         ),
     )
+    unreachable = await broker_unreachable(settings)
+    if unreachable is not None:
+        fail("inject", unreachable)
     try:
         report = await injector.run(events)
     except (TimeoutError, OSError) as exc:
@@ -574,7 +578,8 @@ async def inject(
     except Exception as exc:  # Kafka unreachable and the like: one line, not a traceback
         text = str(exc)
         name = type(exc).__name__
-        fail("inject", text if text.startswith(name) else f"{name}: {text}", code=1)
+        text = text if text.startswith(name) else f"{name}: {text}"
+        fail("inject", f"{text} (BROKER_URL={settings.broker_url})", code=1)
     if not quiet:
         print(inject_summary(report, args, settings), flush=True)
     if report.errors:
@@ -597,6 +602,33 @@ def validate_file(path: Path, quiet: bool) -> NoReturn:
         verdict = "all valid" if not bad else f"{bad} bad"
         print(f"inject: validated {total} lines of {path}: {verdict}; nothing produced")
     raise SystemExit(1 if bad else 0)
+
+
+async def broker_unreachable(conf: Settings, timeout: float = 5.0) -> str | None:
+    """None when a bootstrap server of BROKER_URL accepts a connection, else the one
+    line to print. Checked before any Kafka client starts: a client would log its own
+    connection errors first, and name neither the setting nor what to do."""
+
+    async def attempt(hostport: str) -> str | None:
+        host, _, port = hostport.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        except TimeoutError:
+            return f"{hostport}: no answer within {timeout:g} s"
+        except ConnectionError as exc:
+            return f"{hostport}: {os.strerror(exc.errno) if exc.errno else exc}"
+        except (OSError, ValueError) as exc:
+            return f"{hostport}: {getattr(exc, 'strerror', None) or exc}"
+        writer.close()
+        return None
+
+    failures = await asyncio.gather(*(attempt(h) for h in conf.broker_host_ports.split(",")))
+    if any(f is None for f in failures):
+        return None
+    return (
+        f"cannot reach Kafka at BROKER_URL={conf.broker_url} ({'; '.join(map(str, failures))}); "
+        "start a broker (scripts/demo or scripts/kafka start) or set BROKER_URL"
+    )
 
 
 async def _write(path: Path, events: Iterable[sc.Event], quiet: bool) -> None:
@@ -879,6 +911,7 @@ def _expected_stats(exp: Expected) -> dict[str, int]:
     }
     if exp.windows_known:
         stats["late"] = exp.late
+        stats["expedites"] = len(exp.expedites)
     return stats
 
 
@@ -1047,9 +1080,13 @@ async def _get_all(
                     except orjson.JSONDecodeError:
                         return path, (response.status, body.decode(errors="replace")[:80])
             except (aiohttp.ClientError, TimeoutError) as exc:
-                return path, (0, f"no answer: {type(exc).__name__}")
+                return path, (0, f"{NO_ANSWER}: {type(exc).__name__}")
 
     return dict(await asyncio.gather(*(get(p) for p in dict.fromkeys(paths))))
+
+
+NO_ANSWER = "no answer"
+"""How a check reads when nothing answered at the --check URL."""
 
 
 def _evaluate(checks: list[Check], answers: dict[str, tuple[int, Any]]) -> list[Mismatch]:
@@ -1157,6 +1194,16 @@ async def expect(
         return
     checks = build_checks(exp)
     mismatches = await run_checks(check, checks, timeout_s)
+    if (
+        mismatches
+        and all(isinstance(m.actual, str) and m.actual.startswith(NO_ANSWER) for m in mismatches)
+        and len(mismatches) == len(checks)
+    ):
+        fail(
+            "expect",
+            f"no worker answers at --check {check} (within --timeout {timeout_s:g} s); "
+            "start one (scripts/demo) or give its URL (http://host:WEB_PORT)",
+        )
     if doc is not None:
         doc["check"] = {
             "url": check,

@@ -23,6 +23,7 @@ from aiohttp import web as aioweb
 from app.events import format_ts
 from app.main import settings
 from app.rules import windows as w
+from app.text import cut
 from app.web import error, gathered, int_query, json_response, merged, route
 from tables import windows
 from tables.base import items
@@ -53,11 +54,11 @@ CHART_WINDOWS = 30
 def asset_response(name: str) -> aioweb.Response:
     path = ASSETS.get(name)
     if path is None:
-        return error(404, f"unknown static file: {name}")
+        return error(404, f"unknown static file: {cut(name)}")
     try:
         body = path.read_bytes()
     except OSError:
-        return error(404, f"unknown static file: {name}")
+        return error(404, f"unknown static file: {cut(name)}")
     return aioweb.Response(
         body=body,
         content_type=CONTENT_TYPES[path.suffix],

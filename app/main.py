@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from app.logs import quiet_expected_retries
 from app.settings import Settings, SettingsError
 
 
@@ -54,6 +55,10 @@ class StockTrackerApp(faust.App):
 
 
 settings = load_settings()
+
+# Before any client starts: the broker's "not yet" answers at start-up, which aiokafka
+# retries by itself, are logged at INFO (app/logs.py).
+quiet_expected_retries()
 
 # A worker allocates a few container objects per event and keeps hundreds of thousands
 # alive (duplicate memory, windows, staged batches); with the default threshold of 700

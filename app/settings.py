@@ -2,7 +2,10 @@
 
 Every variable of the contract's settings section lives here with its default. A bad
 value raises :class:`SettingsError` whose message is one line naming the variable and
-what is allowed; ``app/__init__.py`` turns it into that one line on stderr and exit 2.
+what is allowed; ``app/main.py`` turns it into that one line on stderr and exit 2. A
+variable set to the empty string is a bad value unless the setting's default is empty:
+``REORDER_POINT=`` is a typo or an unset shell variable far more often than a wish for
+the default.
 """
 
 from __future__ import annotations
@@ -102,10 +105,19 @@ class Settings:
         for f in fields(cls):
             name = f.name.upper()
             raw = env.get(name)
-            if raw is None or raw.strip() == "":
+            if raw is None:
                 continue
             raw = raw.strip()
             current = getattr(default, f.name)
+            if raw == "":
+                # A variable set to nothing is almost always a mistake (a typo in a
+                # compose file, an unset shell variable in `X=$Y`); taking the default
+                # silently would hide it. Only settings whose default is empty accept it.
+                if current == "":
+                    continue
+                raise SettingsError(
+                    f"{name} is set but empty; unset it to use the default ({_shown(current)})"
+                )
             parser = _PARSERS.get(f.name)
             if parser is not None:
                 values[f.name] = parser(name, raw)
@@ -120,25 +132,48 @@ class Settings:
             else:
                 values[f.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
+        settings.validate(given=frozenset(name for name in values))
         return settings
 
-    def validate(self) -> None:
-        """Check the rules that tie settings together."""
+    def validate(self, given: frozenset[str] = frozenset()) -> None:
+        """Check the rules that tie settings together.
+
+        ``given`` holds the fields the environment set. When a rule ties two settings
+        and only one of them was set, the message names that one: the user who wrote
+        ``HOPPING_SECONDS=7`` looks for HOPPING_SECONDS, not for the step left at its
+        default.
+        """
         if self.reorder_target <= self.reorder_point:
+            if "reorder_point" in given and "reorder_target" not in given:
+                raise SettingsError(
+                    f"REORDER_POINT must be less than REORDER_TARGET "
+                    f"({self.reorder_target}), got {self.reorder_point}"
+                )
             raise SettingsError(
                 f"REORDER_TARGET must be greater than REORDER_POINT "
                 f"({self.reorder_point}), got {self.reorder_target}"
             )
+        blame_size = "hopping_seconds" in given and "hopping_step_seconds" not in given
         if self.hopping_step_seconds > self.hopping_seconds:
+            if blame_size:
+                raise SettingsError(
+                    f"HOPPING_SECONDS must be at least HOPPING_STEP_SECONDS "
+                    f"({self.hopping_step_seconds}) and a multiple of it, "
+                    f"got {self.hopping_seconds}"
+                )
             raise SettingsError(
                 f"HOPPING_STEP_SECONDS must be at most HOPPING_SECONDS "
                 f"({self.hopping_seconds}), got {self.hopping_step_seconds}"
             )
         if self.hopping_seconds % self.hopping_step_seconds:
+            if "hopping_seconds" in given or "hopping_step_seconds" not in given:
+                raise SettingsError(
+                    f"HOPPING_SECONDS must be a multiple of HOPPING_STEP_SECONDS "
+                    f"({self.hopping_step_seconds}), got {self.hopping_seconds}"
+                )
             raise SettingsError(
-                f"HOPPING_SECONDS must be a multiple of HOPPING_STEP_SECONDS "
-                f"({self.hopping_step_seconds}), got {self.hopping_seconds}"
+                f"HOPPING_STEP_SECONDS must divide HOPPING_SECONDS "
+                f"({self.hopping_seconds}), got {self.hopping_step_seconds}"
             )
 
     @property
@@ -155,6 +190,10 @@ class Settings:
         if host in {"0.0.0.0", "::", ""}:
             host = socket.gethostname()
         return f"http://{host}:{self.web_port}"
+
+
+def _shown(value: object) -> str:
+    return str(value) if not isinstance(value, str) else repr(value)
 
 
 def _int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:

@@ -30,6 +30,7 @@ from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
 from app.rules import windows as w
+from app.text import cut
 from app.topics import events_by_sku, sku_partition
 from tables import (
     dead_letter_stats,
@@ -73,9 +74,9 @@ async def json_errors(request: aioweb.Request, handler: Handler) -> aioweb.Strea
         if exc.status < 400:
             raise
         reason = "not found" if exc.status == 404 else exc.reason.lower()
-        return error(exc.status, f"{reason}: {request.method} {request.path}")
+        return error(exc.status, f"{reason}: {request.method} {cut(request.path)}")
     except Exception:
-        log.exception("Unexpected error serving %s %s", request.method, request.path)
+        log.exception("Unexpected error serving %s %s", request.method, cut(request.path))
         return error(500, "internal error (logged by the worker)")
 
 
@@ -249,11 +250,10 @@ def doc(table: Any, key: bytes) -> Any | None:
 def stock_view(sku: str, state: dict[str, Any]) -> dict[str, Any]:
     open_order = state["open_order"]
     if open_order is not None:
-        open_order = {
-            **open_order,
-            "created_at": format_ts(open_order.pop("created_ts")),
-            "ts": format_ts(open_order["ts"]),
-        }
+        # Stored times are epoch seconds; answers carry ISO-8601 strings only.
+        open_order = dict(open_order)
+        open_order["created_at"] = format_ts(open_order.pop("created_ts"))
+        open_order["ts"] = format_ts(open_order["ts"])
     return {
         "sku": sku,
         "level": state["level"],
@@ -363,6 +363,7 @@ async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
         response = json_response(body, status)
         response.headers[cluster.SERVED_BY_HEADER] = owner
         return response
+    # Orders live with their SKU, which the id does not name: ask every worker.
     ask = [] if forwarded or sku is not None else cluster.others()
     if wait is not None:
         return await wait_for_order(request, order_id, wait, ask)
@@ -372,7 +373,7 @@ async def order_item(web: Any, request: Any, order_id: str) -> aioweb.Response:
             response.headers[cluster.SERVED_BY_HEADER] = url
             return response
         if status != 404:
-            raise PeerError(f"worker {url} answered {status} to {request.path_qs}")
+            raise PeerError(f"worker {url} answered {status} to {cut(request.path_qs)}")
     return error(404, f"unknown order_id: {order_id}")
 
 
@@ -469,11 +470,14 @@ async def window_list(web: Any, request: Any, sku: str) -> aioweb.Response:
     sku = key_param(sku, "sku")
     kind = request.query.get("kind", "tumbling")
     if kind not in w.KINDS:
-        return error(400, f"kind must be tumbling or hopping, got {kind!r}")
+        return error(400, f"kind must be tumbling or hopping, got {cut(repr(kind))}")
     return await routed(request, sku, lambda: windows_of(sku, kind))
 
 
 def windows_of(sku: str, kind: str) -> aioweb.Response:
+    # Like every other keyed read: a SKU no event ever named is unknown, not empty.
+    if lookup(sku_state, sku.encode()) is None:
+        return error(404, f"unknown sku: {sku}")
     spec = (
         w.tumbling(settings.tumbling_seconds)
         if kind == "tumbling"
@@ -526,6 +530,7 @@ def totals() -> dict[str, int]:
         "dead_lettered": dead,
         "duplicates": counters.get("duplicates", 0),
         "late": counters.get("late_orders", 0),
+        "expedites": counters.get("expedites", 0),
         "replays_skipped": counters.get("replayed", 0),
     }
 

@@ -36,6 +36,8 @@
     windows: [],
     stock: new Map(), // sku -> row handles
     lastOrder: "",
+    expedites: 0, // raised in all (/stats)
+    expeditesShown: 0, // in the recent list
   };
 
   // --- helpers ----------------------------------------------------------------------
@@ -84,6 +86,16 @@
     return text.length > max ? `${text.slice(0, max - 1)}…` : text;
   }
 
+  // An empty panel says "Loading…" until its first answer arrived, then its own
+  // empty text (its data-empty attribute): "No SKUs yet" only once that is true.
+  function showEmpty(id, empty) {
+    const node = byId(id);
+    node.hidden = !empty;
+    if (node.dataset.empty && node.textContent !== node.dataset.empty) {
+      node.textContent = node.dataset.empty;
+    }
+  }
+
   function rawText(value) {
     if (value === null || value === undefined) return "(no value: a tombstone)";
     if (value === "") return "(empty)";
@@ -111,6 +123,12 @@
     setText("stat-dead-lettered", stats.dead_lettered);
     setText("stat-duplicates", stats.duplicates);
     setText("stat-late", stats.late);
+    // Every expedite raised, not the length of the recent list (capped by /recent).
+    if (typeof stats.expedites === "number") {
+      view.expedites = stats.expedites;
+      setText("expedite-count", stats.expedites);
+      renderExpediteSub();
+    }
     byId("stat-dead-lettered").classList.toggle("nonzero", stats.dead_lettered > 0);
   }
 
@@ -191,7 +209,7 @@
     setText("stat-skus", page.next ? `${num.format(items.length)}+` : items.length);
     setText("stat-low-skus", low);
     setText("stat-backlog-skus", backlog);
-    byId("empty-stock").hidden = items.length > 0;
+    showEmpty("empty-stock", items.length === 0);
     byId("stock-more").hidden = !page.next;
   }
 
@@ -237,7 +255,7 @@
       );
     });
     byId("supplier-order-rows").replaceChildren(...rows);
-    byId("empty-supplier-orders").hidden = rows.length > 0;
+    showEmpty("empty-supplier-orders", rows.length === 0);
     setText("so-count", orders.length);
     setText("stat-open-supplier-orders", orders.length);
     setText("stat-outstanding-units", outstanding);
@@ -263,8 +281,19 @@
       ),
     );
     byId("expedites-list").replaceChildren(...items);
-    byId("empty-expedites").hidden = items.length > 0;
-    setText("expedite-count", items.length);
+    showEmpty("empty-expedites", items.length === 0);
+    view.expeditesShown = items.length;
+    renderExpediteSub();
+  }
+
+  function renderExpediteSub() {
+    const { expedites, expeditesShown } = view;
+    setText(
+      "expedite-sub",
+      expedites > expeditesShown
+        ? `hopping windows over the threshold · newest ${num.format(expeditesShown)} shown`
+        : "hopping windows over the threshold",
+    );
   }
 
   function renderWindowResults(results) {
@@ -281,7 +310,7 @@
       ),
     );
     byId("window-result-rows").replaceChildren(...rows);
-    byId("empty-window-results").hidden = rows.length > 0;
+    showEmpty("empty-window-results", rows.length === 0);
   }
 
   function renderDeadLetters(dead) {
@@ -296,7 +325,7 @@
       ),
     );
     byId("dead-letters-list").replaceChildren(...items);
-    byId("empty-dead-letters").hidden = items.length > 0;
+    showEmpty("empty-dead-letters", items.length === 0);
   }
 
   // --- chart: units (or orders) per tumbling window, hand-drawn SVG --------------------

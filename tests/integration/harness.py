@@ -31,6 +31,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 
+STARTED: list[Worker] = []
+"""Every worker started in this test process, in order (tests/integration/conftest.py
+prints the last lines of their logs when a test fails)."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -113,6 +117,8 @@ class Worker:
     def start(self, wait: bool = True, timeout_s: float = 90.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        if not any(w is self for w in STARTED):
+            STARTED.append(self)
         self.log_path = self.workdir / f"worker-{self.starts}.log"
         with self.log_path.open("wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
@@ -137,6 +143,13 @@ class Worker:
                 return
             time.sleep(0.3)
         raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
+
+    def logs(self) -> list[Path]:
+        """Every log this worker wrote (one per start), oldest first."""
+        return sorted(self.workdir.glob("worker-*.log"), key=lambda p: int(p.stem[7:]))
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -2,10 +2,11 @@
 static file route, against a real worker and broker.
 
 The browser is Debian's ``chromium`` (``/usr/bin/chromium``) driven by Playwright for
-Python; Playwright never downloads a browser here. Without ``/usr/bin/chromium`` the
-browser tests skip, except in CI (``CI`` set), where they fail instead: CI installs it
-(scripts/setup). Screenshots go to ``artifacts/`` (git-ignored); with
-``UPDATE_DOCS_SCREENSHOT=1`` the demo screenshot is also copied to docs/dashboard.png.
+Python; Playwright never downloads a browser here (``CHROMIUM`` names another binary).
+Without it the browser tests skip with the reason, except in CI (``CI`` set), where they
+fail instead: ``scripts/test`` installs it there (``scripts/setup --browser``).
+Screenshots go to ``artifacts/`` (git-ignored); with ``UPDATE_DOCS_SCREENSHOT=1`` the demo
+screenshot is also copied to docs/dashboard.png.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests.integration.harness import REPO, Worker, faust_cli, produce, unique
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CHROMIUM") or "/usr/bin/chromium")
 LAUNCH_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -55,8 +56,11 @@ def in_ci() -> bool:
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         if in_ci():
-            pytest.fail(f"{CHROMIUM} is missing in CI: scripts/setup installs Debian's chromium")
-        pytest.skip(f"no {CHROMIUM}: `apt-get install chromium` runs the browser tests (CI does)")
+            pytest.fail(f"{CHROMIUM} is missing in CI: `scripts/setup --browser` installs it")
+        pytest.skip(
+            f"no browser at {CHROMIUM}: `scripts/setup --browser` installs Debian's chromium "
+            "(CI=true scripts/test does it itself)"
+        )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True
@@ -390,3 +394,39 @@ def test_static_files_config_and_traversal(worker: Worker) -> None:
     assert status == 200 and json.loads(body) == {"kind": "tumbling", "size": 60, "windows": []}
     status, _, body = raw_get(worker, "/dashboard/windows?limit=0")
     assert status == 400 and "error" in json.loads(body)
+
+
+# --- a loading state, and counts that are counts -----------------------------------------
+
+
+def test_dashboard_says_loading_until_the_first_answer(worker: Worker, page: Page) -> None:
+    # The stock list never answers: the page must not claim there are no SKUs.
+    page.route("**/stock/?limit=1000", lambda route: None)
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("empty-stock")).to_have_text("Loading stock levels…")
+    expect(page.get_by_test_id("empty-stock")).to_be_visible()
+    # The first answer arrives: the empty state says what is true.
+    page.unroute("**/stock/?limit=1000")
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("empty-stock")).to_have_text(
+        "No SKUs yet: produce to the orders or stock topic", timeout=WAIT_MS
+    )
+
+
+def test_expedites_badge_counts_every_expedite(worker: Worker, kafka: str, page: Page) -> None:
+    # Three orders of one SKU at one time put it over the threshold (2) in each of the
+    # 5 hopping windows (300 s every 60 s) that cover that time: 5 expedites per SKU.
+    skus = [unique("SKU-X") for _ in range(5)]
+    ts = "2026-11-26T12:00:30Z"
+    orders = [{**order_event(sku, 1), "ts": ts} for sku in skus for _ in range(3)]
+    produce_now(kafka, worker.topic("orders"), orders, key=lambda v: v["sku"])
+    worker.wait_for("/stats", lambda s: s["processed_orders"] == 15)
+    stats = worker.wait_for("/stats", lambda s: s["expedites"] == 25)
+    assert stats["expedites"] == 25
+    status, recent = worker.get("/recent")
+    assert status == 200 and len(recent["expedites"]) == 20  # the list is capped
+
+    page.goto(worker.url + "/")
+    expect(page.get_by_test_id("expedites-list").locator("li")).to_have_count(20, timeout=WAIT_MS)
+    expect(page.get_by_test_id("expedite-count")).to_have_text("25")
+    expect(page.get_by_test_id("expedite-sub")).to_contain_text("newest 20 shown")

@@ -109,13 +109,25 @@ BAD_ARGUMENTS = [
     (("inject",), ["--scenario", "demo", "--pace", "warp"], "--pace must be one of"),
     (("expect",), ["--scenario", "demo", "--check", "localhost:1"], "http:// URL"),
     (BOTH, [], "give either --scenario NAME or --file PATH.jsonl"),
+    # Nothing listens on port 1: the broker and the worker are named, with what to do.
+    (
+        ("inject",),
+        ["--scenario", "demo", "--count", "5"],
+        "cannot reach Kafka at BROKER_URL=kafka://127.0.0.1:1 (127.0.0.1:1: Connection refused)",
+    ),
+    (
+        ("expect",),
+        ["--scenario", "demo", "--count", "5", "--check", "http://127.0.0.1:1", "--timeout", "1"],
+        "no worker answers at --check http://127.0.0.1:1",
+    ),
 ]
 
 
 def test_bad_arguments_give_one_line_and_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"topic": "orders", "value": "x"}\n{"topic": "orders", nope}\n')
-    # No broker needed: arguments are checked before anything connects.
+    # No broker needed: arguments are checked before anything connects, and the broker
+    # and worker named are unreachable on purpose.
     env = Worker("127.0.0.1:1", tmp_path).env()
     runs = []
     for commands, args, message in BAD_ARGUMENTS:

@@ -27,14 +27,13 @@ def test_defaults_are_the_contracts() -> None:
     assert s.max_waiting_requests == 1000
 
 
-def test_values_are_parsed_and_blank_means_default() -> None:
+def test_values_are_parsed() -> None:
     s = Settings.from_env(
         {
             "BROKER_URL": "localhost:9093",
             "WEB_PORT": " 7000 ",
             "REORDER_POINT": "0",
             "PROCESSING_GUARANTEE": "AT_LEAST_ONCE",
-            "TUMBLING_SECONDS": "",
             "WEB_ADVERTISED_URL": "http://worker-2:7000/",
             "PEER_TIMEOUT_SECONDS": "1.5",
             "MAX_FUTURE_SECONDS": "60",
@@ -45,13 +44,68 @@ def test_values_are_parsed_and_blank_means_default() -> None:
     assert s.broker_url == "kafka://localhost:9093"
     assert s.web_port == 7000 and s.reorder_point == 0
     assert s.processing_guarantee == "at_least_once"
-    assert s.tumbling_seconds == 60
     assert s.advertised_url == "http://worker-2:7000"
     assert s.peer_timeout_seconds == 1.5
     assert s.max_future_seconds == 60
     assert s.window_idle_close_seconds == 2.5
     assert s.max_waiting_requests == 3
     assert Settings.from_env({"WINDOW_IDLE_CLOSE_SECONDS": "0"}).window_idle_close_seconds == 0
+
+
+@pytest.mark.parametrize("name", ["REORDER_POINT", "TUMBLING_SECONDS", "BROKER_URL", "DATA_DIR"])
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_value_is_an_error_naming_the_setting(name: str, empty: str) -> None:
+    # `REORDER_POINT=` is a mistake far more often than a wish for the default.
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: empty})
+    assert str(info.value).startswith(f"{name} is set but empty; unset it to use the default")
+
+
+def test_an_empty_value_is_fine_where_the_default_is_empty() -> None:
+    s = Settings.from_env({"TOPIC_PREFIX": "", "WEB_ADVERTISED_URL": " "})
+    assert s.topic_prefix == "" and s.web_advertised_url == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"HOPPING_SECONDS": "7"},
+            "HOPPING_SECONDS must be at least HOPPING_STEP_SECONDS (60) and a multiple of it, "
+            "got 7",
+        ),
+        (
+            {"HOPPING_SECONDS": "330"},
+            "HOPPING_SECONDS must be a multiple of HOPPING_STEP_SECONDS (60), got 330",
+        ),
+        (
+            {"HOPPING_STEP_SECONDS": "400"},
+            "HOPPING_STEP_SECONDS must be at most HOPPING_SECONDS (300), got 400",
+        ),
+        (
+            {"HOPPING_STEP_SECONDS": "7"},
+            "HOPPING_STEP_SECONDS must divide HOPPING_SECONDS (300), got 7",
+        ),
+        (
+            {"HOPPING_SECONDS": "7", "HOPPING_STEP_SECONDS": "3"},
+            "HOPPING_SECONDS must be a multiple of HOPPING_STEP_SECONDS (3), got 7",
+        ),
+        (
+            {"REORDER_POINT": "200"},
+            "REORDER_POINT must be less than REORDER_TARGET (100), got 200",
+        ),
+        (
+            {"REORDER_TARGET": "5"},
+            "REORDER_TARGET must be greater than REORDER_POINT (20), got 5",
+        ),
+    ],
+)
+def test_a_rule_between_two_settings_names_the_one_that_was_set(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert str(info.value) == message
 
 
 def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:

@@ -57,5 +57,6 @@ def test_a_normal_start_and_stop_log_no_warning_or_error(worker: Worker, kafka: 
     assert len(logs) == 2
     for log in logs:
         text = log.read_text(errors="replace")
-        assert "[^Worker]: Starting..." in text and "Closing event loop" in text, log
+        assert "[^StockTrackerWorker]: Starting..." in text, log
+        assert "Closing event loop" in text, log
         assert loud_lines(text) == [], f"{log}:\n" + "\n".join(loud_lines(text))

@@ -18,7 +18,6 @@ import asyncio
 import re
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, throwaway_broker  # noqa: E402
+from tests.integration.harness import Worker, on_a_broker, running_worker  # noqa: E402
 
 
 async def run(worker: Worker, bootstrap: str, rate: float, seconds: float) -> list[float]:
@@ -133,44 +132,33 @@ def main() -> None:
     args = parser.parse_args()
 
     def bench(bootstrap: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            worker = Worker(bootstrap, Path(tmp))
-            worker.start()
-            try:
-                lat = asyncio.run(run(worker, bootstrap, args.rate, args.seconds))
-                if not lat:
-                    print("no order-status record read")
-                    return
-                lat.sort()
-                p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
-                print(
-                    f"order -> order-status at {args.rate:g} orders/s for {args.seconds:g} s "
-                    f"(+1 stock move per 10 orders), {len(lat)} orders: "
-                    f"p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms, "
-                    f"mean {1000 * statistics.fmean(lat):.0f} ms"
+        with running_worker(bootstrap) as worker:
+            lat = asyncio.run(run(worker, bootstrap, args.rate, args.seconds))
+            if not lat:
+                print("no order-status record read")
+                return
+            lat.sort()
+            p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+            print(
+                f"order -> order-status at {args.rate:g} orders/s for {args.seconds:g} s "
+                f"(+1 stock move per 10 orders), {len(lat)} orders: "
+                f"p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms, "
+                f"mean {1000 * statistics.fmean(lat):.0f} ms"
+            )
+            print(
+                histogram(
+                    worker, "stock_tracker_merge_wait_seconds", "the join's merge: wait per event"
                 )
-                print(
-                    histogram(
-                        worker,
-                        "stock_tracker_merge_wait_seconds",
-                        "the join's merge: wait per event",
-                    )
+            )
+            print(
+                histogram(
+                    worker,
+                    "stock_tracker_batch_latency_seconds",
+                    "first hop: input produced -> ingest batch committed",
                 )
-                print(
-                    histogram(
-                        worker,
-                        "stock_tracker_batch_latency_seconds",
-                        "first hop: input produced -> ingest batch committed",
-                    )
-                )
-            finally:
-                worker.stop()
+            )
 
-    if args.bootstrap:
-        bench(args.bootstrap)
-    else:
-        with throwaway_broker() as bootstrap:
-            bench(bootstrap)
+    on_a_broker(args.bootstrap, bench)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, produce, throwaway_broker  # noqa: E402
+from tests.integration.harness import on_a_broker, produce, running_worker  # noqa: E402
 
 T0 = 1_795_694_400
 
@@ -66,40 +65,29 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
 
     def bench(bootstrap: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            worker = Worker(bootstrap, Path(tmp))
-            worker.start()
+        with running_worker(bootstrap) as worker:
             assert worker.proc is not None
-            try:
-                print(f"start: RSS {rss_mb(worker.proc.pid):.0f} MB")
-                done = 0
-                for step in steps:
-                    for lo in range(done, step, 100_000):
-                        hi = min(step, lo + 100_000)
-                        produce(
-                            bootstrap,
-                            worker.topic("orders"),
-                            orders(lo, hi, args.skus, steps[-1]),
-                        )
-                    done = step
-                    t = time.monotonic()
-                    worker.wait_for(
-                        "/stats", lambda b, n=step: b["processed"] >= n, timeout_s=3600
+            print(f"start: RSS {rss_mb(worker.proc.pid):.0f} MB")
+            done = 0
+            for step in steps:
+                for lo in range(done, step, 100_000):
+                    hi = min(step, lo + 100_000)
+                    produce(
+                        bootstrap,
+                        worker.topic("orders"),
+                        orders(lo, hi, args.skus, steps[-1]),
                     )
-                    print(
-                        f"after {step:>9,} orders: RSS {rss_mb(worker.proc.pid):6.0f} MB, "
-                        f"state on disk {disk_mb(Path(tmp)):6.0f} MB "
-                        f"(caught up {time.monotonic() - t:.0f} s after the last write)",
-                        flush=True,
-                    )
-            finally:
-                worker.stop()
+                done = step
+                t = time.monotonic()
+                worker.wait_for("/stats", lambda b, n=step: b["processed"] >= n, timeout_s=3600)
+                print(
+                    f"after {step:>9,} orders: RSS {rss_mb(worker.proc.pid):6.0f} MB, "
+                    f"state on disk {disk_mb(worker.workdir):6.0f} MB "
+                    f"(caught up {time.monotonic() - t:.0f} s after the last write)",
+                    flush=True,
+                )
 
-    if args.bootstrap:
-        bench(args.bootstrap)
-    else:
-        with throwaway_broker() as bootstrap:
-            bench(bootstrap)
+    on_a_broker(args.bootstrap, bench)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, produce, throwaway_broker  # noqa: E402
+from tests.integration.harness import on_a_broker, produce, running_worker  # noqa: E402
 
 T0 = 1_795_694_400
 RESTORED = re.compile(r"restored from (\d+) changelog records in ([0-9.]+) s")
@@ -43,82 +42,73 @@ def main() -> None:
     args = parser.parse_args()
 
     def bench(bootstrap: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            worker = Worker(bootstrap, Path(tmp))
-            worker.start()
-            try:
-                n = args.skus
-                produce(
-                    bootstrap,
-                    worker.topic("stock"),
-                    (
-                        {
-                            "event_id": f"d{i}",
-                            "sku": f"R-{i:06d}",
-                            "reason": "delivery",
-                            "quantity": 50,
-                            "ts": T0 + i * 0.001,
-                        }
-                        for i in range(n)
-                    ),
-                )
-                produce(
-                    bootstrap,
-                    worker.topic("orders"),
-                    (
-                        {
-                            "order_id": f"o{i}",
-                            "customer_id": "c",
-                            "sku": f"R-{i:06d}",
-                            "quantity": 1,
-                            "unit_price": 2.5,
-                            "ts": T0 + n * 0.001 + i * 0.001,
-                        }
-                        for i in range(n)
-                    ),
-                )
-                worker.wait_for("/stats", lambda b: b["processed"] >= 2 * n, timeout_s=3600)
-                print(f"loaded: {2 * n:,} events over {n:,} SKUs")
-                worker.kill()
-                started = time.monotonic()
-                worker.start(wait=False)
-                worker.wait_ready(timeout_s=600)
-                ready_s = time.monotonic() - started
-                produce(
-                    bootstrap,
-                    worker.topic("orders"),
-                    [
-                        {
-                            "order_id": "after-restart",
-                            "customer_id": "c",
-                            "sku": "R-000000",
-                            "quantity": 1,
-                            "unit_price": 2.5,
-                            "ts": T0 + 3 * n * 0.001,
-                        }
-                    ],
-                )
-                worker.wait_for("/orders/after-restart", lambda b: b is not None, timeout_s=600)
-                visible_s = time.monotonic() - started
-                assert worker.log_path is not None
-                records, longest_s = restore_figures(worker.log_path.read_text(errors="replace"))
-                rate = records / longest_s if longest_s else float("nan")
-                print(
-                    f"kill -9 -> restart -> ready: {ready_s:.1f} s; "
-                    f"-> a new order's status readable: {visible_s:.1f} s"
-                )
-                print(
-                    f"restore: {records:,} changelog records, longest partition {longest_s:.2f} s "
-                    f"-> {rate:,.0f} records/s (partitions restore concurrently)"
-                )
-            finally:
-                worker.stop()
+        with running_worker(bootstrap) as worker:
+            n = args.skus
+            produce(
+                bootstrap,
+                worker.topic("stock"),
+                (
+                    {
+                        "event_id": f"d{i}",
+                        "sku": f"R-{i:06d}",
+                        "reason": "delivery",
+                        "quantity": 50,
+                        "ts": T0 + i * 0.001,
+                    }
+                    for i in range(n)
+                ),
+            )
+            produce(
+                bootstrap,
+                worker.topic("orders"),
+                (
+                    {
+                        "order_id": f"o{i}",
+                        "customer_id": "c",
+                        "sku": f"R-{i:06d}",
+                        "quantity": 1,
+                        "unit_price": 2.5,
+                        "ts": T0 + n * 0.001 + i * 0.001,
+                    }
+                    for i in range(n)
+                ),
+            )
+            worker.wait_for("/stats", lambda b: b["processed"] >= 2 * n, timeout_s=3600)
+            print(f"loaded: {2 * n:,} events over {n:,} SKUs")
+            worker.kill()
+            started = time.monotonic()
+            worker.start(wait=False)
+            worker.wait_ready(timeout_s=600)
+            ready_s = time.monotonic() - started
+            produce(
+                bootstrap,
+                worker.topic("orders"),
+                [
+                    {
+                        "order_id": "after-restart",
+                        "customer_id": "c",
+                        "sku": "R-000000",
+                        "quantity": 1,
+                        "unit_price": 2.5,
+                        "ts": T0 + 3 * n * 0.001,
+                    }
+                ],
+            )
+            worker.wait_for("/orders/after-restart", lambda b: b is not None, timeout_s=600)
+            visible_s = time.monotonic() - started
+            assert worker.log_path is not None
+            records, longest_s = restore_figures(worker.log_path.read_text(errors="replace"))
+            rate = records / longest_s if longest_s else float("nan")
+            print(
+                f"kill -9 -> restart -> ready: {ready_s:.1f} s; "
+                f"-> a new order's status readable: {visible_s:.1f} s"
+            )
+            print(
+                f"restore: {records:,} changelog records, longest partition {longest_s:.2f} s "
+                f"-> {rate:,.0f} records/s (partitions restore concurrently)"
+            )
 
-    if args.bootstrap:
-        bench(args.bootstrap)
-    else:
-        with throwaway_broker() as bootstrap:
-            bench(bootstrap)
+    on_a_broker(args.bootstrap, bench)
 
 
 if __name__ == "__main__":

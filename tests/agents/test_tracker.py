@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
 from agents import tracker
@@ -345,7 +346,9 @@ def test_expired_ids_leave_the_store_and_the_index_survives_a_rebuild() -> None:
     assert changelog and not any(k.startswith(tracker.LOCAL_PREFIX) for k in changelog)
 
 
-def test_idle_close_emits_due_windows_once_and_persists_stream_time(monkeypatch: Any) -> None:
+@pytest.fixture
+def idle_commits(monkeypatch: Any) -> list[Batch]:
+    """Idle close on (3 s); its commits go straight to the tables and are listed here."""
     import dataclasses
 
     committed: list[Batch] = []
@@ -359,9 +362,15 @@ def test_idle_close_emits_due_windows_once_and_persists_stream_time(monkeypatch:
     monkeypatch.setattr(tracker, "settings", idle)
     monkeypatch.setattr(tracker, "can_commit", lambda tp: True)
     monkeypatch.setattr(tracker, "_commit", commit_to_tables)
+    return committed
 
+
+def test_idle_close_emits_due_windows_once_and_persists_stream_time(
+    idle_commits: list[Batch],
+) -> None:
     import asyncio
 
+    committed = idle_commits
     feed = Feed()
     run(feed.envelope(order("o1", 1, T0 + 5), order("o2", 2, T0 + 30)))
     rt = tracker._runtimes[P]
@@ -389,24 +398,14 @@ def test_idle_close_emits_due_windows_once_and_persists_stream_time(monkeypatch:
 
 
 def test_idle_close_waits_for_events_held_by_the_merge_and_ignores_bare_reports(
-    monkeypatch: Any,
+    idle_commits: list[Batch],
 ) -> None:
     """A progress report (sent to every partition by every ingest batch) is no event:
     it does not restart the idle clock. A partition whose merge holds events waiting
     for a lagging input partition is not idle: idle close would make them late."""
     import asyncio
-    import dataclasses
 
-    committed: list[Batch] = []
-
-    async def commit_to_tables(tp: TP, batch: Batch) -> None:
-        list(_apply_to_stores(batch))
-        committed.append(batch)
-
-    idle = dataclasses.replace(tracker.settings, window_idle_close_seconds=3.0)
-    monkeypatch.setattr(tracker, "settings", idle)
-    monkeypatch.setattr(tracker, "can_commit", lambda tp: True)
-    monkeypatch.setattr(tracker, "_commit", commit_to_tables)
+    committed = idle_commits
     feed = Feed()
     run(feed.envelope(order("o1", 1, T0 + 5)))
     rt = tracker._runtimes[P]

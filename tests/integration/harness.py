@@ -224,22 +224,33 @@ def produce(
 ) -> int:
     """Write values to ``topic`` with a plain aiokafka producer; ``key`` may be a callable."""
 
+    def keyed(v: bytes | Mapping[str, Any]) -> tuple[str, int | None, Any, Any]:
+        k = key(v) if callable(key) else key
+        return topic, None, k.encode() if isinstance(k, str) else k, v
+
+    return _send_all(bootstrap, (keyed(v) for v in values))
+
+
+def _send_all(
+    bootstrap: str, messages: Iterable[tuple[str, int | None, bytes | None, Any]]
+) -> int:
+    """Write (topic, partition or None, key, value) messages in order; a value that is not
+    bytes is sent as JSON. Returns how many."""
+
     async def run() -> int:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         await producer.start()
         n = 0
         try:
-            batch = []
-            for v in values:
+            sent = []
+            for topic, partition, key, v in messages:
                 raw = v if isinstance(v, bytes) else orjson.dumps(v)
-                k = key(v) if callable(key) else key
-                kb = k.encode() if isinstance(k, str) else k
-                batch.append(await producer.send(topic, raw, key=kb))
+                sent.append(await producer.send(topic, raw, key=key, partition=partition))
                 n += 1
-                if len(batch) >= 5000:
-                    await asyncio.gather(*batch)
-                    batch.clear()
-            await asyncio.gather(*batch)
+                if len(sent) >= 5000:
+                    await asyncio.gather(*sent)
+                    sent.clear()
+            await asyncio.gather(*sent)
         finally:
             await producer.stop()
         return n
@@ -311,23 +322,25 @@ def produce_to(
     bootstrap: str, messages: Iterable[tuple[str, int, bytes | Mapping[str, Any]]]
 ) -> int:
     """Write (topic, partition, value) messages, each to the partition given, in order."""
+    return _send_all(bootstrap, ((t, p, None, v) for t, p, v in messages))
 
-    async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-        await producer.start()
-        n = 0
+
+def on_a_broker(bootstrap: str | None, run: Any) -> None:
+    """``run(bootstrap)`` on the broker given, or on a throwaway one (for the benches)."""
+    if bootstrap:
+        run(bootstrap)
+        return
+    with throwaway_broker() as started:
+        run(started)
+
+
+@contextmanager
+def running_worker(bootstrap: str, **env: str) -> Iterator[Worker]:
+    """A started worker in a folder of its own, stopped and removed on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = Worker(bootstrap, Path(tmp), env_extra=env)
+        worker.start()
         try:
-            sent = []
-            for topic, partition, v in messages:
-                raw = v if isinstance(v, bytes) else orjson.dumps(v)
-                sent.append(await producer.send(topic, raw, partition=partition))
-                n += 1
-                if len(sent) >= 5000:
-                    await asyncio.gather(*sent)
-                    sent.clear()
-            await asyncio.gather(*sent)
+            yield worker
         finally:
-            await producer.stop()
-        return n
-
-    return asyncio.run(run())
+            worker.stop()

@@ -220,7 +220,7 @@ def test_an_idle_input_partition_does_not_hold_back_live_traffic(
                 "sku": "L-1",
                 "reason": "delivery",
                 "quantity": 50,
-                "ts": now - 60,
+                "ts": now - 61,
             },
         ),
         (

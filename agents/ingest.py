@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from app import metrics, topics
 from app.consumer import Records, tap
 from app.events import InvalidEvent, parse_order, parse_stock
 from app.main import app
-from app.transaction import Batch, commit, transactional_id
+from app.transaction import Batch, CommitAbandoned, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
@@ -145,7 +145,16 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     for source, batch in build_batches(records).values():
         batch.newest_input_ts = newest_ts
         commits.append(commit(batch, source=source))
-    await asyncio.gather(*commits)
+    await _all_committed(commits)
+
+
+async def _all_committed(commits: Sequence[Awaitable[None]]) -> None:
+    """Await every commit; one given up (its partition left this worker during a broker
+    outage) is left to Faust, which seeks the partition's next owner to its committed
+    offset. Any other failure is raised once all have ended."""
+    for result in await asyncio.gather(*commits, return_exceptions=True):
+        if isinstance(result, BaseException) and not isinstance(result, CommitAbandoned):
+            raise result
 
 
 for _topic in (topics.orders, topics.stock):

@@ -38,7 +38,7 @@ from app.main import app, settings
 from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
-from app.transaction import Batch, commit
+from app.transaction import Batch, CommitAbandoned, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import get, items
 from tables.restore import Restorer
@@ -467,19 +467,27 @@ async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], 
         events += apply(proc, record)
         envelopes += 1
         if events >= settings.batch_size or envelopes >= settings.batch_envelopes:
-            await _commit(tp, finish(proc))
+            if not await _commit(tp, finish(proc)):
+                return
             proc, events, envelopes = None, 0, 0
     if proc is not None:
         await _commit(tp, finish(proc))
 
 
-async def _commit(tp: TP, batch: Batch) -> None:
+async def _commit(tp: TP, batch: Batch) -> bool:
+    """Commit (retried through broker outages); False if given up (the partition left)."""
     try:
         await commit(batch, source=tp)
+    except CommitAbandoned:
+        # Not committed, and the partition is no longer ours: its next owner (or this
+        # worker, if it comes back) resumes from the committed offsets.
+        forget_partitions({tp.partition})
+        return False
     except BaseException:
         # The in-memory runtime already holds this batch; Kafka may not.
         forget_partitions({tp.partition})
         raise
+    return True
 
 
 FETCHES_QUEUED = 4

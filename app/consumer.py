@@ -58,6 +58,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
 
@@ -164,6 +165,22 @@ class GaplessConsumer(AIOKafkaConsumer):
             self._sought(TP(tp.topic, tp.partition), offset)
         # None for "nothing committed", as aiokafka returns and Faust's perform_seek expects.
         return {TP(tp.topic, tp.partition): o for tp, o in committed.items()}  # type: ignore[misc]
+
+    async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """The group's committed offset of each of ``tps``, read from the broker now
+        (None: nothing committed). app/transaction.py asks after replacing a producer."""
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+        wanted = list(tps)
+
+        async def read_committed() -> dict[TP, int | None]:
+            return {
+                tp: await consumer.committed(TopicPartition(tp.topic, tp.partition))
+                for tp in wanted
+            }
+
+        found: dict[TP, int | None] = await thread.call_thread(read_committed)
+        return found
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         records, active_partitions = await self._wait_next_records(timeout)

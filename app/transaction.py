@@ -11,12 +11,20 @@ half a batch.
 
 In ``at_least_once`` mode the same batch is produced with the plain producer, then its
 input offsets are committed; the rules' duplicate memory then absorbs replays.
+
+A commit that fails because of the cluster (a broker down, restarting or lost, no
+leader, a fenced producer) does not stop the worker: :func:`commit` replaces the
+transactional producer (the new one fences the old and ends its transaction) and writes
+the same batch again, with backoff, until it commits or its partition leaves the worker.
+It reports to app/health.py meanwhile, so ``/health`` says why nothing progresses.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -28,9 +36,12 @@ from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 
-from app import metrics
+from app import health, metrics
+from app.faults import retriable
 from app.main import app
 from tables.base import put_many
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -95,26 +106,122 @@ def transactional_id(tp: TP) -> str:
     return f"{app.conf.id}-{group}-{tp.partition}"
 
 
-async def commit(batch: Batch, *, source: TP) -> None:
-    """Write ``batch`` atomically with its input offsets, or crash the worker.
+class CommitAbandoned(Exception):
+    """A batch's commit was given up: its source partition left this worker (a rebalance)
+    or the worker is stopping, while the commit was being retried.
+
+    Nothing of the batch may be assumed committed: the caller drops what it applied in
+    memory, and the partition's next owner (or this worker after a restart) starts from
+    the offsets committed with the last batch that did commit.
+    """
+
+
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 5.0
+ATTEMPT_TIMEOUT_S = 60.0
+"""Longest one attempt may take before it counts as failed (its producer is replaced).
+
+Faust's producer waits up to 20 minutes for a request; an attempt that hangs on a
+broker that went away must not hold its partitions that long after the broker is back.
+"""
+LOG_EVERY_S = 30.0
+"""While a producer keeps failing, one WARNING line per this many seconds, not per try."""
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if cause is not None and not isinstance(cause, asyncio.CancelledError):
+        text += f" ({type(cause).__name__}: {cause})".replace(": )", ")")
+    return text[:300]
+
+
+async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None = None) -> None:
+    """Write ``batch`` atomically with its input offsets.
 
     ``source`` picks the transactional producer; every TP in ``batch.sources`` must
     share its transactional id (same partition number and topic group).
+
+    A failure of the cluster (a broker down or restarting, no leader, a fenced or broken
+    producer) is not fatal: the producer is replaced and the same batch is written
+    again, with backoff, for as long as it takes. Retrying the *same* batch keeps every
+    in-memory effect of it valid, so nothing is sought back or rebuilt; an attempt that
+    may have committed after all is checked against the committed offsets first, so a
+    batch never lands twice. While the source partition stays with this worker
+    (``current()``, default: it is still assigned) and the worker runs, this returns
+    only once the batch committed; otherwise it raises :class:`CommitAbandoned`.
+    Any other error stops the worker, as before.
     """
     if not batch.sources and not batch.outputs and not batch.table_writes:
         return
-    try:
-        if app.in_transaction:
-            await _commit_transactional(batch, source)
-        else:
-            await _commit_plain(batch)
-    except Exception as exc:
-        # The local store may already hold this batch while Kafka does not: only a
-        # restart (which rebuilds tables from their changelogs) makes them agree again.
-        app.log.exception("Batch commit failed, stopping the worker: %r", exc)
-        await app.crash(exc)
-        raise
+    key = transactional_id(source) if app.in_transaction else "producer"
+    delay = RETRY_FIRST_S
+    attempts = 0
+    first_failure = last_log = 0.0
+    while True:
+        try:
+            if app.in_transaction:
+                await asyncio.wait_for(
+                    _commit_transactional(batch, source, retry=attempts > 0), ATTEMPT_TIMEOUT_S
+                )
+            else:
+                await asyncio.wait_for(_commit_plain(batch), ATTEMPT_TIMEOUT_S)
+            break
+        except Exception as exc:
+            if not retriable(exc):
+                # The local store may already hold this batch while Kafka does not: only
+                # a restart (which rebuilds tables from their changelogs) makes them agree.
+                health.commit_ended(key)
+                app.log.exception("Batch commit failed, stopping the worker: %r", exc)
+                await app.crash(exc)
+                raise
+            attempts += 1
+            reason = _describe(exc)
+            health.commit_failed(key, reason)
+            now = time.monotonic()
+            if attempts == 1:
+                first_failure = last_log = now
+                log.warning("Commit of %s failed, retrying until it succeeds: %s", key, reason)
+            elif now - last_log >= LOG_EVERY_S:
+                last_log = now
+                log.warning(
+                    "Commit of %s still failing after %d attempts (%.0f s): %s",
+                    key,
+                    attempts,
+                    now - first_failure,
+                    reason,
+                )
+            if not _still_ours(source, current):
+                health.commit_ended(key)
+                log.info("Gave up the commit of %s: its partition left this worker", key)
+                raise CommitAbandoned(key) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            if not _still_ours(source, current):
+                health.commit_ended(key)
+                raise CommitAbandoned(key) from exc
+    if attempts:
+        log.warning(
+            "Commit of %s succeeded after %d failed attempts (%.1f s)",
+            key,
+            attempts,
+            time.monotonic() - first_failure,
+        )
+    health.commit_ended(key)
     metrics.committed(batch.outputs, batch.sources, batch.newest_input_ts)
+
+
+def _still_ours(source: TP, current: Callable[[], bool] | None) -> bool:
+    """Whether this worker still processes ``source`` and is not stopping."""
+    if app.should_stop or health.state.stopping:
+        return False
+    if current is not None:
+        return current()
+    consumer: Any = app.consumer
+    try:
+        return source in consumer.assignment()
+    except Exception:
+        return False
 
 
 def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:
@@ -134,13 +241,17 @@ def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, i
             yield topic, key, value, partition
 
 
-async def _commit_transactional(batch: Batch, source: TP) -> None:
+async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> None:
     tid = transactional_id(source)
     # Faust's aiokafka driver keeps one transactional producer (and lock) per id.
     producer: Any = app.producer
-    lock = producer._trn_locks[tid]
+    lock = producer._trn_locks.get(tid)
+    if lock is None:
+        lock = producer._trn_locks[tid] = asyncio.Lock()
     async with lock:
-        txn = producer._transaction_producers[tid]
+        txn = await _ready_producer(producer, tid, batch, retry=retry)
+        if txn is None:
+            return  # an earlier attempt of this very batch did commit
         try:
             sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
             if batch.sources:
@@ -155,12 +266,73 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
         except BaseException:
             # The open transaction may hold part of this batch (also when the task was
             # cancelled, e.g. the consumer's fetcher on shutdown), and the next commit on
-            # this producer would commit it too. Nothing may use it again: Kafka aborts
-            # the transaction when the next owner of the id fences it.
-            if producer._transaction_producers.get(tid) is txn:
-                del producer._transaction_producers[tid]
+            # this producer would commit it too. Nothing may use it again: it is replaced
+            # before the next commit, and the new producer's initialisation fences it
+            # and makes Kafka abort the transaction.
+            _broken.add(tid)
             raise
-        await txn.begin_transaction()
+        try:
+            await txn.begin_transaction()
+        except Exception as exc:  # pragma: no cover - begin is local in aiokafka
+            # The batch is committed; the next one gets a new producer.
+            log.warning("Could not begin the next transaction of %s: %r", tid, exc)
+            _broken.add(tid)
+
+
+_broken: set[str] = set()
+"""Transactional ids whose producer failed mid-transaction and must be replaced."""
+
+
+async def _ready_producer(producer: Any, tid: str, batch: Batch, *, retry: bool) -> Any | None:
+    """The transactional producer of ``tid``, in a transaction; replaced first when it
+    failed before, is missing (a failed start) or cannot begin one.
+
+    On a retry, once the new producer has fenced the old one (so the old transaction is
+    finished one way or the other), the batch's input offsets are checked: if they are
+    committed already, an earlier attempt committed the batch after all, and None is
+    returned.
+    """
+    txn = producer._transaction_producers.get(tid)
+    if txn is not None and tid not in _broken:
+        if txn._txn_manager.is_in_transaction():
+            return txn
+        try:
+            await txn.begin_transaction()
+            return txn
+        except Exception as exc:
+            log.info("Producer %s cannot begin a transaction (%r); replacing it", tid, exc)
+    if txn is not None:
+        # Out of the map first, so no one else picks the broken producer meanwhile.
+        if producer._transaction_producers.get(tid) is txn:
+            del producer._transaction_producers[tid]
+        await _stop_quietly(txn)
+    fresh = producer._new_producer(transactional_id=tid)
+    try:
+        # InitProducerId: bumps the epoch, which fences every older producer of this id
+        # and ends (aborts) its open transaction before this returns.
+        await fresh.start()
+    except BaseException:
+        await _stop_quietly(fresh)
+        raise
+    producer._transaction_producers[tid] = fresh
+    _broken.discard(tid)
+    log.info("Started a new transactional producer for %s", tid)
+    if retry and batch.sources:
+        consumer: Any = app.consumer
+        committed = await consumer.committed_offsets(batch.sources)
+        if all((committed.get(tp) or 0) >= offset for tp, offset in batch.sources.items()):
+            log.warning("An earlier attempt of the batch of %s had committed after all", tid)
+            await fresh.begin_transaction()
+            return None
+    await fresh.begin_transaction()
+    return fresh
+
+
+async def _stop_quietly(txn: Any) -> None:
+    try:
+        await asyncio.wait_for(txn.stop(), 5.0)
+    except Exception as exc:
+        log.debug("Stopping a failed producer: %r", exc)
 
 
 @lru_cache(maxsize=65_536)

@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 
-from tables.base import items, put
+from app.faults import retriable
+from tables.base import items, owned_by, put
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ async def restore_partition(
             for tp in list(pending):
                 if await reader.position(tp) >= end[tp]:
                     pending.discard(tp)
+        if pending:
+            # Idle polls also happen when the broker went away mid-restore: only trust
+            # the end if the broker still answers (this raises when it does not, and
+            # the restore is retried from scratch).
+            await reader.end_offsets(list(pending))
         return applied
     finally:
         await asyncio.gather(reader.stop(), probe.stop())
@@ -147,6 +153,12 @@ class Restorer:
         self._generation: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         RESTORERS.append(self)
+        for table in tables:
+            owned_by(table, self.ready_partitions)
+
+    def ready_partitions(self) -> set[int]:
+        """The partitions assigned here and restored (what unkeyed reads cover)."""
+        return set(self._ready)
 
     def is_ready(self, partition: int) -> bool:
         return partition in self._ready
@@ -163,7 +175,9 @@ class Restorer:
             if self._generation.get(partition, 0) != generation:
                 return False
             log.info("Restoring partition %d of %s", partition, self._names())
-            n = await restore_partition(self.tables, partition, self.bootstrap)
+            n = await self._restore_retrying(partition, generation)
+            if n is None:
+                return False
             if self._generation.get(partition, 0) != generation:
                 log.info("Partition %d was revoked while it was restored", partition)
                 return False
@@ -172,6 +186,30 @@ class Restorer:
             self._ready.add(partition)
             log.info("Partition %d restored from %d changelog records", partition, n)
             return True
+
+    async def _restore_retrying(self, partition: int, generation: int) -> int | None:
+        """:func:`restore_partition`, retried with backoff through broker outages for as
+        long as the partition stays assigned; None once it was revoked meanwhile."""
+        delay, attempts, last_log = 0.5, 0, 0.0
+        while True:
+            try:
+                return await restore_partition(self.tables, partition, self.bootstrap)
+            except Exception as exc:
+                if not retriable(exc):
+                    raise
+                attempts += 1
+                if time.monotonic() - last_log >= 30:
+                    last_log = time.monotonic()
+                    log.warning(
+                        "Restoring partition %d failed (%d attempts), retrying: %r",
+                        partition,
+                        attempts,
+                        exc,
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self._generation.get(partition, 0) != generation:
+                return None
 
     def prefetch(self, partitions: Iterable[int]) -> None:
         """Start restoring ``partitions`` in the background (on assignment)."""

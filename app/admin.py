@@ -123,15 +123,22 @@ class ClusterProbe:
         self.topics = topics
         self._admin: AIOKafkaAdminClient | None = None
 
+    ATTEMPTS = 3
+
     async def run(self) -> None:
-        try:
-            leaderless = await asyncio.wait_for(self._leaderless(), self.TIMEOUT_S)
-        except Exception as exc:
-            await self._drop_admin()
-            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            health.probed(error[:200] or "no answer")
+        # Each attempt asks one broker picked at random: in a cluster with one broker
+        # down, an attempt that picked it says nothing about the others.
+        error = "no answer"
+        for _ in range(self.ATTEMPTS):
+            try:
+                leaderless = await asyncio.wait_for(self._leaderless(), self.TIMEOUT_S)
+            except Exception as exc:
+                await self._drop_admin()
+                error = (f"{type(exc).__name__}: {exc}".rstrip(": ") or error)[:200]
+                continue
+            health.probed(None, leaderless)
             return
-        health.probed(None, leaderless)
+        health.probed(error)
 
     async def _leaderless(self) -> tuple[str, ...]:
         if self._admin is None:

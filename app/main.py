@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from app.faults import quiet_client_logs
 from app.settings import Settings, SettingsError
 
 
@@ -155,3 +156,4 @@ def _register() -> None:
 
 _register()
 _watch_cluster()
+quiet_client_logs()

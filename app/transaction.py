@@ -329,10 +329,20 @@ async def _ready_producer(producer: Any, tid: str, batch: Batch, *, retry: bool)
 
 
 async def _stop_quietly(txn: Any) -> None:
+    """Close a failed producer at once, without flushing what it still holds.
+
+    ``stop()`` would first wait for every queued record batch to be delivered, which
+    with the broker gone never happens, and its sender would go on retrying (and be
+    fenced later, an exception no one retrieves). Whatever it holds belongs to a
+    transaction that is aborted anyway.
+    """
+    txn._closed = True
     try:
-        await asyncio.wait_for(txn.stop(), 5.0)
+        if txn._sender is not None:
+            await asyncio.wait_for(txn._sender.close(), 5.0)
+        await asyncio.wait_for(txn.client.close(), 5.0)
     except Exception as exc:
-        log.debug("Stopping a failed producer: %r", exc)
+        log.debug("Closing a failed producer: %r", exc)
 
 
 @lru_cache(maxsize=65_536)

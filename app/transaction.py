@@ -99,6 +99,25 @@ class BatchProducer(AIOKafkaProducerDriver):
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "retry_backoff_ms": 20}
 
+    async def flush(self) -> None:
+        """Faust's flush (on stop and on every rebalance), minus waiting on the
+        transactional producers, and bounded.
+
+        Every record of a batch is awaited before its commit, so whatever a
+        transactional producer still holds belongs to a transaction that will not
+        commit; Faust's flush waited for it to be delivered, which with the broker gone
+        never happens (a SIGTERM during an outage hung there).
+        """
+        await self.buffer.flush()
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.flush(), FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("Producer flush gave up after %.0f s", FLUSH_TIMEOUT_S)
+
+
+FLUSH_TIMEOUT_S = 2.0
+
 
 def transactional_id(tp: TP) -> str:
     """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""

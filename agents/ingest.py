@@ -144,7 +144,7 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     commits = []
     for source, batch in build_batches(records).values():
         batch.newest_input_ts = newest_ts
-        commits.append(commit(batch, source=source))
+        commits.append(commit(batch, source=source, current=current))
     await _all_committed(commits)
 
 

@@ -467,17 +467,17 @@ async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], 
         events += apply(proc, record)
         envelopes += 1
         if events >= settings.batch_size or envelopes >= settings.batch_envelopes:
-            if not await _commit(tp, finish(proc)):
+            if not await _commit(tp, finish(proc), current):
                 return
             proc, events, envelopes = None, 0, 0
     if proc is not None:
-        await _commit(tp, finish(proc))
+        await _commit(tp, finish(proc), current)
 
 
-async def _commit(tp: TP, batch: Batch) -> bool:
-    """Commit (retried through broker outages); False if given up (the partition left)."""
+async def _commit(tp: TP, batch: Batch, current: Callable[[], bool] | None = None) -> bool:
+    """Commit (retried through broker outages); False if given up (a rebalance)."""
     try:
-        await commit(batch, source=tp)
+        await commit(batch, source=tp, current=current)
     except CommitAbandoned:
         # Not committed, and the partition is no longer ours: its next owner (or this
         # worker, if it comes back) resumes from the committed offsets.

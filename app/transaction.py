@@ -268,9 +268,10 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
     if lock is None:
         lock = producer._trn_locks[tid] = asyncio.Lock()
     async with lock:
-        txn = await _ready_producer(producer, tid, batch, retry=retry)
-        if txn is None:
-            return  # an earlier attempt of this very batch did commit
+        txn = await _ready_producer(producer, tid)
+        if retry and batch.sources and await _committed_already(batch):
+            log.warning("An earlier attempt of the batch of %s had committed after all", tid)
+            return
         try:
             sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
             if batch.sources:
@@ -302,15 +303,9 @@ _broken: set[str] = set()
 """Transactional ids whose producer failed mid-transaction and must be replaced."""
 
 
-async def _ready_producer(producer: Any, tid: str, batch: Batch, *, retry: bool) -> Any | None:
+async def _ready_producer(producer: Any, tid: str) -> Any:
     """The transactional producer of ``tid``, in a transaction; replaced first when it
-    failed before, is missing (a failed start) or cannot begin one.
-
-    On a retry, once the new producer has fenced the old one (so the old transaction is
-    finished one way or the other), the batch's input offsets are checked: if they are
-    committed already, an earlier attempt committed the batch after all, and None is
-    returned.
-    """
+    failed before, is missing (a failed start) or cannot begin one."""
     txn = producer._transaction_producers.get(tid)
     if txn is not None and tid not in _broken:
         if txn._txn_manager.is_in_transaction():
@@ -336,15 +331,21 @@ async def _ready_producer(producer: Any, tid: str, batch: Batch, *, retry: bool)
     producer._transaction_producers[tid] = fresh
     _broken.discard(tid)
     log.info("Started a new transactional producer for %s", tid)
-    if retry and batch.sources:
-        consumer: Any = app.consumer
-        committed = await consumer.committed_offsets(batch.sources)
-        if all((committed.get(tp) or 0) >= offset for tp, offset in batch.sources.items()):
-            log.warning("An earlier attempt of the batch of %s had committed after all", tid)
-            await fresh.begin_transaction()
-            return None
     await fresh.begin_transaction()
     return fresh
+
+
+async def _committed_already(batch: Batch) -> bool:
+    """Whether the group's committed offsets already include ``batch`` (an earlier
+    attempt committed, and only its answer was lost).
+
+    Asked only on a retry, once the producer of the failed attempt was replaced: the new
+    producer's initialisation ended that attempt's transaction one way or the other, so
+    the committed offsets are final for it.
+    """
+    consumer: Any = app.consumer
+    committed = await consumer.committed_offsets(batch.sources)
+    return all((committed.get(tp) or 0) >= offset for tp, offset in batch.sources.items())
 
 
 async def _stop_quietly(txn: Any) -> None:

@@ -406,8 +406,14 @@ def test_worker_churn_eight_partitions(kafka: str, tmp_path: Path) -> None:
             assert sum(win["orders"] for win in chart) == len(oracle.statuses)
         assert w1.proc is not None and w1.proc.poll() is None and w1.starts == 1
         assert w3.proc is not None and w3.proc.poll() is None and w3.starts == 1
+        # SIGTERM in normal operation (the survivor then takes its partitions): within 10 s.
+        sent = time.monotonic()
+        w3.stop()
+        sigterm_s = time.monotonic() - sent
+        assert sigterm_s < 10, sigterm_s
         figures.update(
             partitions=8,
+            sigterm_to_exit_s=round(sigterm_s, 1),
             processed_when_w2_killed=killed_at,
             seconds_to_answer_every_sku=answered,
             worker_exits_on_their_own=0,

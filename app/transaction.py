@@ -148,10 +148,17 @@ LOG_EVERY_S = 30.0
 
 
 def _describe(exc: BaseException) -> str:
+    """``Type: message (Cause: message)``, once each (aiokafka's messages already start
+    with their type), at most 300 characters."""
+
+    def one(e: BaseException) -> str:
+        name, text = type(e).__name__, str(e)
+        return text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+
     cause = exc.__cause__ or exc.__context__
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    text = one(exc)
     if cause is not None and not isinstance(cause, asyncio.CancelledError):
-        text += f" ({type(cause).__name__}: {cause})".replace(": )", ")")
+        text += f" ({one(cause)})"
     return text[:300]
 
 

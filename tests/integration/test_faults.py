@@ -422,3 +422,42 @@ def test_worker_churn_eight_partitions(kafka: str, tmp_path: Path) -> None:
     finally:
         for w in (w1, w2, w3):
             w.stop()
+
+
+async def _fence(bootstrap: str, transactional_ids: list[str]) -> int:
+    """Start a producer with each id, as a new owner of the id would: every older
+    producer of it is fenced. Returns how many ids were taken over."""
+    taken = 0
+    for tid in transactional_ids:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=tid)
+        await producer.start()
+        taken += 1
+        await producer.stop()
+    return taken
+
+
+def test_fenced_producers_are_replaced_not_fatal(worker_factory: Any, kafka: str) -> None:
+    """Every transactional producer of a running worker fenced at once (what a second
+    worker starting with the same ids does): the worker replaces them and goes on."""
+    initial, stream, _ = make_events(seed=41, skus=60, orders=1_500)
+    oracle = Oracle()
+    worker: Worker = worker_factory()
+    worker.start()
+    produce(kafka, worker.topic("stock"), initial, key=by_sku)
+    for ev in initial:
+        oracle.apply("s", ev)
+    wait_processed(worker, oracle.applied, 90)
+    # Faust's ids are <app id>-<topic group>-<partition>; a few groups cover them all.
+    ids = [f"{worker.app_id}-{group}-{p}" for group in range(4) for p in range(4)]
+    assert asyncio.run(_fence(kafka, ids)) == len(ids)
+    produce(kafka, worker.topic("orders"), stream, key=by_sku)
+    for ev in stream:
+        oracle.apply("o", ev)
+    figures = check_results(worker, kafka, oracle)
+    assert worker.proc is not None and worker.proc.poll() is None and worker.starts == 1
+    assert worker.log_path is not None
+    replaced = worker.log_path.read_text().count("Started a new transactional producer")
+    assert replaced > 0
+    wait_health(worker, 200, timeout_s=30)
+    figures.update(fenced_ids=len(ids), producers_replaced=replaced, worker_restarts=0)
+    record("fenced", figures)

@@ -11,7 +11,10 @@ exactly what was committed.
 
 :class:`Restorer` does it once per assignment of a partition: eagerly when the
 partition is assigned (so a partition that gets no new input is still served right
-after a restart or a takeover), or on demand when an agent needs it first.
+after a restart or a takeover), or on demand when an agent needs it first. A restore
+that fails because the cluster does not answer is retried with backoff for as long as
+the partition stays assigned. The restorer also says which partitions unkeyed table
+reads cover (:func:`tables.base.owned_by`): those assigned here and restored.
 """
 
 from __future__ import annotations

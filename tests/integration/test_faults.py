@@ -180,6 +180,8 @@ def test_broker_outage_under_load(lone_broker: Cluster, tmp_path: Path) -> None:
         back_at = time.monotonic()
         wait_health(worker, 200, timeout_s=120)
         resumed_after = time.monotonic() - back_at
+        # Phases stay apart (the oracle applies them in turn): the orders first.
+        wait_processed(worker, oracle.applied, 180)
         produce(lone_broker.bootstrap, worker.topic("stock"), restock, key=by_sku)
         for ev in restock:
             oracle.apply("s", ev)
@@ -318,6 +320,7 @@ def test_cluster_broker_loss_keeps_processing(tmp_path: Path) -> None:
             assert producer.error is None, producer.error
             assert not producer.is_alive()
 
+            wait_processed(worker, oracle.applied, 180)  # phases stay apart
             produce(cluster.bootstrap, worker.topic("stock"), restock, key=by_sku)
             for ev in restock:
                 oracle.apply("s", ev)
@@ -372,6 +375,9 @@ def test_worker_churn_eight_partitions(kafka: str, tmp_path: Path) -> None:
         w2.kill()
         w1.wait_for("/cluster", lambda b: len(b["workers"]) == 1, timeout_s=90)
 
+        # Phases stay apart (the oracle applies them in turn): the orders first; the
+        # restock is written while the third worker joins.
+        wait_processed(w1, oracle.applied, 180)
         w3.start(wait=False)
         produce(kafka, w1.topic("stock"), restock, key=by_sku)
         for ev in restock:

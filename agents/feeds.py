@@ -58,8 +58,8 @@ async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
                 batch.consumed(message.tp, message.offset)
             batch.put(dead_letter_stats, key, orjson.dumps(summary))
             try:
-                await commit(batch, source=group[0].message.tp)
+                if not await commit(batch, source=group[0].message.tp):
+                    restorer.forget([partition])  # reassigned meanwhile: restore it
             except CommitAbandoned:
-                # Retried through an outage until the partition left this worker: its
-                # store may hold the summary, so restore it before it is used again.
+                # Retried through an outage until the partition left this worker.
                 restorer.forget([partition])

@@ -148,7 +148,7 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     await _all_committed(commits)
 
 
-async def _all_committed(commits: Sequence[Awaitable[None]]) -> None:
+async def _all_committed(commits: Sequence[Awaitable[bool]]) -> None:
     """Await every commit; one given up (its partition left this worker during a broker
     outage) is left to Faust, which seeks the partition's next owner to its committed
     offset. Any other failure is raised once all have ended."""

@@ -477,7 +477,11 @@ async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], 
 async def _commit(tp: TP, batch: Batch, current: Callable[[], bool] | None = None) -> bool:
     """Commit (retried through broker outages); False if given up (a rebalance)."""
     try:
-        await commit(batch, source=tp, current=current)
+        if not await commit(batch, source=tp, current=current):
+            # Committed while a rebalance took the partition (its stores untouched): the
+            # runtime must be rebuilt from the changelogs, this batch included.
+            forget_partitions({tp.partition})
+            return False
     except CommitAbandoned:
         # Not committed, and the partition is no longer ours: its next owner (or this
         # worker, if it comes back) resumes from the committed offsets.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -162,7 +162,7 @@ def _describe(exc: BaseException) -> str:
     return text[:300]
 
 
-async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None = None) -> None:
+async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None = None) -> bool:
     """Write ``batch`` atomically with its input offsets.
 
     ``source`` picks the transactional producer; every TP in ``batch.sources`` must
@@ -177,9 +177,17 @@ async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None
     (``current()``, default: it is still assigned) and the worker runs, this returns
     only once the batch committed; otherwise it raises :class:`CommitAbandoned`.
     Any other error stops the worker, as before.
+
+    The local table stores get the batch's writes only once it committed, and only if
+    the partition is still current then: True. False means it committed while a
+    rebalance took the partition away (and maybe gave it back, with a restore already
+    under way): the stores were left alone and the caller must drop what it keeps in
+    memory, so the partition is restored from its changelogs, this batch included.
+    Writing earlier, a retried or abandoned attempt raced the partition's restore and
+    left a store mixing states (a level off by a batch's orders).
     """
     if not batch.sources and not batch.outputs and not batch.table_writes:
-        return
+        return True
     key = transactional_id(source) if app.in_transaction else "producer"
     delay = RETRY_FIRST_S
     attempts = 0
@@ -195,8 +203,8 @@ async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None
             break
         except Exception as exc:
             if not retriable(exc):
-                # The local store may already hold this batch while Kafka does not: only
-                # a restart (which rebuilds tables from their changelogs) makes them agree.
+                # What the caller applied in memory is not in Kafka: only a restart
+                # (which rebuilds tables from their changelogs) makes them agree.
                 health.commit_ended(key)
                 app.log.exception("Batch commit failed, stopping the worker: %r", exc)
                 await app.crash(exc)
@@ -235,12 +243,22 @@ async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None
         )
     health.commit_ended(key)
     metrics.committed(batch.outputs, batch.sources, batch.newest_input_ts)
+    if not _still_current(source, current):
+        log.info("The batch of %s committed after its partition was reassigned", key)
+        return False
+    _write_stores(batch)
+    return True
 
 
 def _still_ours(source: TP, current: Callable[[], bool] | None) -> bool:
     """Whether this worker still processes ``source`` and is not stopping."""
     if app.should_stop or health.state.stopping:
         return False
+    return _still_current(source, current)
+
+
+def _still_current(source: TP, current: Callable[[], bool] | None) -> bool:
+    """``current()``, or by default: ``source`` is still assigned to this worker."""
     if current is not None:
         return current()
     consumer: Any = app.consumer
@@ -250,21 +268,38 @@ def _still_ours(source: TP, current: Callable[[], bool] | None) -> bool:
         return False
 
 
-def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:
-    """Write the staged table changes to the local stores; yield their changelog records."""
-    partition = batch.table_partition
+def _by_table(batch: Batch) -> dict[Any, list[tuple[bytes, bytes | None]]]:
     by_table: dict[Any, list[tuple[bytes, bytes | None]]] = {}
     for (table, key), value in batch.table_writes.items():
         writes = by_table.get(table)
         if writes is None:
             writes = by_table[table] = []
         writes.append((key, value))
-    for table, writes in by_table.items():
-        assert partition is not None, "a batch that writes tables needs table_partition"
-        put_many(table, writes, partition)
+    if by_table:
+        assert batch.table_partition is not None, "a batch that writes tables needs one"
+    return by_table
+
+
+def _changelog_records(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None, int | None]]:
+    """The changelog records of the batch's table changes."""
+    partition = batch.table_partition
+    for table, writes in _by_table(batch).items():
         topic = table.changelog_topic.get_topic_name()
         for key, value in writes:
             yield topic, key, value, partition
+
+
+def _write_stores(batch: Batch) -> None:
+    """Write the batch's table changes to the local stores (once it committed)."""
+    for table, writes in _by_table(batch).items():
+        put_many(table, writes, batch.table_partition)  # type: ignore[arg-type]
+
+
+def _apply_to_stores(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None, int | None]]:
+    """Write the batch's table changes to the local stores; yield their changelog
+    records (the agent tests' stand-in for a committed transaction)."""
+    _write_stores(batch)
+    yield from _changelog_records(batch)
 
 
 async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> None:
@@ -280,7 +315,7 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
             log.warning("An earlier attempt of the batch of %s had committed after all", tid)
             return
         try:
-            sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
+            sent = await _send_batched(txn, chain(batch.outputs, _changelog_records(batch)))
             if batch.sources:
                 offsets = {
                     TopicPartition(tp.topic, tp.partition): o for tp, o in batch.sources.items()
@@ -424,7 +459,7 @@ async def _commit_plain(batch: Batch) -> None:
     ]
     futures += [
         await producer.send(topic, key, value, partition, None, None)
-        for topic, key, value, partition in _apply_to_stores(batch)
+        for topic, key, value, partition in _changelog_records(batch)
     ]
     for fut in futures:
         await fut

@@ -15,7 +15,7 @@ from app import topics
 from app.events import format_ts
 from app.main import app, settings
 from app.rules.dead_letters import count_dead_letter, empty_summary
-from app.transaction import Batch, commit
+from app.transaction import Batch, CommitAbandoned, commit
 from tables import dead_letter_stats
 from tables.base import get
 from tables.restore import Restorer
@@ -56,7 +56,12 @@ async def count_dead_letters(stream: AsyncIterable[Any]) -> None:
                 count_dead_letter(summary, _letter(message.value), _when(message.timestamp))
                 batch.consumed(message.tp, message.offset)
             batch.put(dead_letter_stats, key, orjson.dumps(summary))
-            await commit(batch, source=group[0].message.tp)
+            try:
+                if not await commit(batch, source=group[0].message.tp):
+                    restorer.forget([partition])  # reassigned meanwhile: restore it
+            except CommitAbandoned:
+                # Retried through an outage until the partition left this worker.
+                restorer.forget([partition])
 
 
 def _letter(value: bytes | None) -> Any:

@@ -42,7 +42,7 @@ from app.consumer import Records, assigned_partitions, committed_metadata, read_
 from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
 from app.main import app, settings
 from app.rules import dead_letters, merge
-from app.transaction import Batch, commit, transactional_id
+from app.transaction import Batch, CommitAbandoned, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
@@ -286,10 +286,18 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     commits = []
     for pending in pendings.values():
         pending.batch.newest_input_ts = newest_ts
-        commits.append(commit(pending.batch, source=pending.source))
-    await asyncio.gather(*commits)
-    for pending in pendings.values():
-        _sources.update(pending.states)
+        commits.append(commit(pending.batch, source=pending.source, current=current))
+    results = await asyncio.gather(*commits, return_exceptions=True)
+    failure: BaseException | None = None
+    for pending, result in zip(pendings.values(), results, strict=True):
+        if result is True:
+            _sources.update(pending.states)
+        elif isinstance(result, BaseException) and not isinstance(result, CommitAbandoned):
+            failure = failure or result
+        # False or CommitAbandoned: the partition left this worker during the commit;
+        # Faust seeks its next owner to the committed offset (and that owner's mts).
+    if failure is not None:
+        raise failure
 
 
 def _forget_unassigned(assigned: Iterable[TP]) -> None:

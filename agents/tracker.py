@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import struct
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,7 +57,7 @@ from app.rules import dead_letters
 from app.rules import merge as m
 from app.rules import windows as w
 from app.rules.stock import apply_order, apply_stock
-from app.transaction import Batch, can_commit, commit
+from app.transaction import Batch, CommitAbandoned, can_commit, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.base import LOCAL_PREFIX, get, items, local_range, put_local
 from tables.restore import Restorer
@@ -603,7 +605,19 @@ def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
         offset = proc.rt.commit_offset()
         if offset is not None:
             proc.batch.sources[tp] = offset
+            # Two batches may commit the same offset (while events wait in the merge):
+            # a token of its own tells a retried commit whether this one landed.
+            proc.batch.metadata[tp] = next_commit_token()
     return proc.batch
+
+
+_COMMIT_PREFIX = uuid.uuid4().hex[:12]
+_commit_count = itertools.count()
+
+
+def next_commit_token() -> str:
+    """Unique per commit of this process (the metadata of the tracker's offsets)."""
+    return f"{_COMMIT_PREFIX}-{next(_commit_count)}"
 
 
 def isolate(
@@ -716,19 +730,29 @@ async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], 
     if tp.partition not in _runtimes or not current():
         return  # revoked meanwhile: Faust seeks back to the committed offset
     for batch in batches(tp, records):
-        await _commit(tp, batch)
-        if not current():
+        if not await _commit(tp, batch, current) or not current():
             return
 
 
-async def _commit(tp: TP, batch: Batch) -> None:
+async def _commit(tp: TP, batch: Batch, current: Callable[[], bool] | None = None) -> bool:
+    """Commit (retried through broker outages); False if given up (a rebalance)."""
     try:
-        await commit(batch, source=tp)
+        if not await commit(batch, source=tp, current=current):
+            # Committed while a rebalance took the partition (its stores untouched): the
+            # runtime must be rebuilt from the changelogs, this batch included.
+            forget_partitions({tp.partition})
+            return False
+    except CommitAbandoned:
+        # Not committed, and the partition is no longer ours: its next owner (or this
+        # worker, if it comes back) resumes from the committed offsets.
+        forget_partitions({tp.partition})
+        return False
     except BaseException:
         # The in-memory runtime already holds this batch; Kafka may not.
         forget_partitions({tp.partition})
         raise
     notify_waiters(batch)
+    return True
 
 
 def notify_waiters(batch: Batch) -> None:

@@ -58,6 +58,7 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
@@ -256,6 +257,27 @@ class GaplessConsumer(AIOKafkaConsumer):
             self._sought(TP(tp.topic, tp.partition), offset)
         # None for "nothing committed", as aiokafka returns and Faust's perform_seek expects.
         return {TP(tp.topic, tp.partition): o for tp, o in committed.items()}  # type: ignore[misc]
+
+    async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, str] | None]:
+        """The group's committed offset and its metadata for each of ``tps``, read from the
+        broker now, in one request (None: nothing committed). app/transaction.py asks
+        after replacing a producer."""
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+        wanted = list(tps)
+
+        async def read_committed() -> dict[TP, tuple[int, str] | None]:
+            found = await consumer._coordinator.fetch_committed_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in wanted]
+            )
+            out: dict[TP, tuple[int, str] | None] = {}
+            for tp in wanted:
+                om = found.get(TopicPartition(tp.topic, tp.partition))
+                out[tp] = None if om is None or om.offset < 0 else (om.offset, om.metadata)
+            return out
+
+        committed: dict[TP, tuple[int, str] | None] = await thread.call_thread(read_committed)
+        return committed
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         records, active_partitions = await self._wait_next_records(timeout)

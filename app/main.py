@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from app.faults import quiet_client_logs
 from app.logs import quiet_expected_retries
 from app.settings import Settings, SettingsError
 
@@ -30,16 +31,36 @@ class StockTrackerApp(faust.App):
     """The Faust app, plus the start-up steps the contract needs before consuming."""
 
     async def on_first_start(self) -> None:
-        from app.admin import ensure_topics, wipe_local_tables
+        from app.admin import (
+            ReplicationError,
+            ensure_topics,
+            replication_factor,
+            wipe_local_tables,
+        )
         from app.topics import ALL, partition_counts
 
         await super().on_first_start()
         if settings.processing_guarantee == "exactly_once":
             wipe_local_tables(Path(self.conf.tabledir))
+        try:
+            replicas = await replication_factor(
+                settings.broker_host_ports, settings.replication_factor
+            )
+        except ReplicationError as exc:
+            print(f"stock-tracker: bad setting: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        # Faust reads it when it declares its own topics (changelogs, internal ones),
+        # which happens after this.
+        self.conf.topic_replication_factor = replicas
+        changelogs = [
+            (t.changelog_topic.get_topic_name(), {"cleanup.policy": "compact"})
+            for t in self.tables.values()
+        ]
         counts = await ensure_topics(
             settings.broker_host_ports,
-            [(t.get_topic_name(), dict(t.config or {})) for t in ALL],
+            [(t.get_topic_name(), dict(t.config or {})) for t in ALL] + changelogs,
             settings.topic_partitions,
+            replicas,
         )
         partition_counts.update(counts)
 
@@ -76,7 +97,8 @@ app = StockTrackerApp(
     # Workers tell each other this URL when they join the group (app/cluster.py).
     canonical_url=settings.advertised_url,
     topic_partitions=settings.topic_partitions,
-    topic_replication_factor=1,
+    # Resolved against the cluster at start (StockTrackerApp.on_first_start).
+    topic_replication_factor=settings.replication_factor or 1,
     processing_guarantee=settings.processing_guarantee,
     key_serializer="raw",
     value_serializer="raw",
@@ -102,11 +124,30 @@ app = StockTrackerApp(
     table_standby_replicas=0,
     # Tables are restored by tables/restore.py, not by Faust's recovery.
     TableManager="tables.restore:OwnRestoreTableManager",
-    # Checks DATA_DIR, WEB_PORT and BROKER_URL before anything starts (app/startup.py).
-    Worker="app.startup:StockTrackerWorker",
     web_enabled=True,
     logging_config=None,
+    # Checks DATA_DIR, WEB_PORT and BROKER_URL before anything starts (app/startup.py);
+    # SIGTERM: /health says "stopping" at once, and the process exits within seconds.
+    Worker="app.worker:StockTrackerWorker",
 )
+
+
+def _watch_cluster() -> None:
+    """Probe the cluster every 2 s for ``/health`` (app/admin.py, app/health.py)."""
+    from app.admin import ClusterProbe
+
+    def our_topics() -> list[str]:
+        from app.topics import ALL
+
+        consumer: Any = app.consumer
+        try:
+            assigned = {tp.topic for tp in consumer.assignment()}
+        except Exception:
+            assigned = set()
+        return sorted(assigned | {t.get_topic_name() for t in ALL})
+
+    probe = ClusterProbe(settings.broker_host_ports, our_topics)
+    app.timer(2.0, name="cluster-probe")(probe.run)
 
 
 def _register() -> None:
@@ -121,3 +162,5 @@ def _register() -> None:
 
 
 _register()
+_watch_cluster()
+quiet_client_logs()

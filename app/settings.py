@@ -49,6 +49,10 @@ class Settings:
     """Longest a worker waits for another worker when it routes or gathers a request."""
     topic_partitions: int = 4
     """Partitions of every topic the app creates; the unit of parallelism."""
+    replication_factor: int | None = None
+    """Replicas of every topic the app creates (outputs, the SKU-keyed topic, changelogs,
+    Faust's internal topics). Default (None): 3 when the cluster has 3 brokers or more,
+    else 1; with 3 or more, the topics also get ``min.insync.replicas`` 2."""
     store_url: str = "rocksdb://"
     """Table store: ``rocksdb://`` (on disk under DATA_DIR) or ``memory://``."""
     data_dir: Path = Path("data")
@@ -306,6 +310,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "web_port": _port,
     "web_advertised_url": _http_url,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
+    "replication_factor": lambda n, r: _int(n, r, minimum=1, maximum=32767),
     "processing_guarantee": _literal(ProcessingGuarantee),
     "window_idle_close_seconds": _non_negative_float,
 }

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import errno
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import faust
 
 from app.settings import Settings
 
@@ -95,20 +91,6 @@ def preflight(settings: Settings) -> None:
     check_data_dir(settings.data_dir)
     check_web_port(settings.web_host, settings.web_port)
     wait_for_broker(settings.broker_host_ports, settings.broker_wait_seconds)
-
-
-class StockTrackerWorker(faust.Worker):
-    """Faust's worker, which first runs :func:`preflight` (one line and exit 2 if not)."""
-
-    def __init__(self, app: Any, *services: Any, **kwargs: Any) -> None:
-        from app.main import settings
-
-        try:
-            preflight(settings)
-        except StartupError as exc:
-            print(f"stock-tracker: cannot start: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        super().__init__(app, *services, **kwargs)
 
 
 def _reason(exc: OSError) -> str:

@@ -11,12 +11,20 @@ half a batch.
 
 In ``at_least_once`` mode the same batch is produced with the plain producer, then its
 input offsets are committed; the rules' duplicate memory then absorbs replays.
+
+A commit that fails because of the cluster (a broker down, restarting or lost, no
+leader, a fenced producer) does not stop the worker: :func:`commit` replaces the
+transactional producer (the new one fences the old and ends its transaction) and writes
+the same batch again, with backoff, until it commits or its partition leaves the worker.
+It reports to app/health.py meanwhile, so ``/health`` says why nothing progresses.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -29,7 +37,8 @@ from faust.transport.consumer import TransactionManager
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 
-from app import metrics
+from app import health, metrics
+from app.faults import retriable
 from app.main import app
 from tables.base import LOCAL_PREFIX, put_many
 
@@ -53,6 +62,9 @@ class RecordTooLarge(ValueError):
         )
         self.topic = topic
         self.size = size
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -123,6 +135,25 @@ class BatchProducer(AIOKafkaProducerDriver):
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "retry_backoff_ms": 20}
 
+    async def flush(self) -> None:
+        """Faust's flush (on stop and on every rebalance), minus waiting on the
+        transactional producers, and bounded.
+
+        Every record of a batch is awaited before its commit, so whatever a
+        transactional producer still holds belongs to a transaction that will not
+        commit; Faust's flush waited for it to be delivered, which with the broker gone
+        never happens (a SIGTERM during an outage hung there).
+        """
+        await self.buffer.flush()
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.flush(), FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("Producer flush gave up after %.0f s", FLUSH_TIMEOUT_S)
+
+
+FLUSH_TIMEOUT_S = 2.0
+
 
 def transactional_id(tp: TP) -> str:
     """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""
@@ -150,55 +181,198 @@ def can_commit(source: TP) -> bool:
     return True
 
 
-async def commit(batch: Batch, *, source: TP) -> None:
-    """Write ``batch`` atomically with its input offsets, or crash the worker.
+class CommitAbandoned(Exception):
+    """A batch's commit was given up: its source partition left this worker (a rebalance)
+    or the worker is stopping, while the commit was being retried.
+
+    Nothing of the batch may be assumed committed: the caller drops what it applied in
+    memory, and the partition's next owner (or this worker after a restart) starts from
+    the offsets committed with the last batch that did commit.
+    """
+
+
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 5.0
+ATTEMPT_TIMEOUT_S = 60.0
+"""Longest one attempt may take before it counts as failed (its producer is replaced).
+
+Faust's producer waits up to 20 minutes for a request; an attempt that hangs on a
+broker that went away must not hold its partitions that long after the broker is back.
+"""
+LOG_EVERY_S = 30.0
+"""While a producer keeps failing, one WARNING line per this many seconds, not per try."""
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (Cause: message)``, once each (aiokafka's messages already start
+    with their type), at most 300 characters."""
+
+    def one(e: BaseException) -> str:
+        name, text = type(e).__name__, str(e)
+        return text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+
+    cause = exc.__cause__ or exc.__context__
+    text = one(exc)
+    if cause is not None and not isinstance(cause, asyncio.CancelledError):
+        text += f" ({one(cause)})"
+    return text[:300]
+
+
+async def commit(batch: Batch, *, source: TP, current: Callable[[], bool] | None = None) -> bool:
+    """Write ``batch`` atomically with its input offsets.
 
     ``source`` picks the transactional producer; every TP in ``batch.sources`` must
     share its transactional id (same partition number and topic group).
+
+    A failure of the cluster (a broker down or restarting, no leader, a fenced or broken
+    producer) is not fatal: the producer is replaced and the same batch is written
+    again, with backoff, for as long as it takes. Retrying the *same* batch keeps every
+    in-memory effect of it valid, so nothing is sought back or rebuilt; an attempt that
+    may have committed after all is checked against the committed offsets first, so a
+    batch never lands twice. While the source partition stays with this worker
+    (``current()``, default: it is still assigned) and the worker runs, this returns
+    only once the batch committed; otherwise it raises :class:`CommitAbandoned`.
+    Any other error stops the worker, as before.
+
+    The local table stores get the batch's writes only once it committed, and only if
+    the partition is still current then: True. False means it committed while a
+    rebalance took the partition away (and maybe gave it back, with a restore already
+    under way): the stores were left alone and the caller must drop what it keeps in
+    memory, so the partition is restored from its changelogs, this batch included.
+    Writing earlier, a retried or abandoned attempt raced the partition's restore and
+    left a store mixing states (a level off by a batch's orders).
     """
     if not batch.sources and not batch.outputs and not batch.table_writes:
-        return
-    try:
-        if app.in_transaction:
-            await _commit_transactional(batch, source)
-        else:
-            await _commit_plain(batch)
-    except Exception as exc:
-        # The local store may already hold this batch while Kafka does not: only a
-        # restart (which rebuilds tables from their changelogs) makes them agree again.
-        app.log.exception("Batch commit failed, stopping the worker: %r", exc)
-        await app.crash(exc)
-        raise
+        return True
+    key = transactional_id(source) if app.in_transaction else "producer"
+    delay = RETRY_FIRST_S
+    attempts = 0
+    first_failure = last_log = 0.0
+    while True:
+        try:
+            if app.in_transaction:
+                await asyncio.wait_for(
+                    _commit_transactional(batch, source, retry=attempts > 0), ATTEMPT_TIMEOUT_S
+                )
+            else:
+                await asyncio.wait_for(_commit_plain(batch), ATTEMPT_TIMEOUT_S)
+            break
+        except Exception as exc:
+            if not retriable(exc):
+                # What the caller applied in memory is not in Kafka: only a restart
+                # (which rebuilds tables from their changelogs) makes them agree.
+                health.commit_ended(key)
+                app.log.exception("Batch commit failed, stopping the worker: %r", exc)
+                await app.crash(exc)
+                raise
+            attempts += 1
+            reason = _describe(exc)
+            health.commit_failed(key, reason)
+            now = time.monotonic()
+            if attempts == 1:
+                first_failure = last_log = now
+                log.warning("Commit of %s failed, retrying until it succeeds: %s", key, reason)
+            elif now - last_log >= LOG_EVERY_S:
+                last_log = now
+                log.warning(
+                    "Commit of %s still failing after %d attempts (%.0f s): %s",
+                    key,
+                    attempts,
+                    now - first_failure,
+                    reason,
+                )
+            if not _still_ours(source, current):
+                health.commit_ended(key)
+                log.info("Gave up the commit of %s: its partition left this worker", key)
+                raise CommitAbandoned(key) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            if not _still_ours(source, current):
+                health.commit_ended(key)
+                raise CommitAbandoned(key) from exc
+    if attempts:
+        log.warning(
+            "Commit of %s succeeded after %d failed attempts (%.1f s)",
+            key,
+            attempts,
+            time.monotonic() - first_failure,
+        )
+    health.commit_ended(key)
     metrics.committed(batch.outputs, batch.sources, batch.newest_input_ts)
+    if not _still_current(source, current):
+        log.info("The batch of %s committed after its partition was reassigned", key)
+        return False
+    _write_stores(batch)
+    return True
 
 
-def _apply_to_stores(batch: Batch) -> Iterable[tuple[str, bytes, bytes | None, int | None]]:
-    """Write the staged table changes to the local stores; yield their changelog records."""
-    partition = batch.table_partition
+def _still_ours(source: TP, current: Callable[[], bool] | None) -> bool:
+    """Whether this worker still processes ``source`` and is not stopping."""
+    if app.should_stop or health.state.stopping:
+        return False
+    return _still_current(source, current)
+
+
+def _still_current(source: TP, current: Callable[[], bool] | None) -> bool:
+    """``current()``, or by default: ``source`` is still assigned to this worker."""
+    if current is not None:
+        return current()
+    consumer: Any = app.consumer
+    try:
+        return source in consumer.assignment()
+    except Exception:
+        return False
+
+
+def _by_table(batch: Batch) -> dict[Any, list[tuple[bytes, bytes | None]]]:
     by_table: dict[Any, list[tuple[bytes, bytes | None]]] = {}
     for (table, key), value in batch.table_writes.items():
         writes = by_table.get(table)
         if writes is None:
             writes = by_table[table] = []
         writes.append((key, value))
-    for table, writes in by_table.items():
-        assert partition is not None, "a batch that writes tables needs table_partition"
-        put_many(table, writes, partition)
+    if by_table:
+        assert batch.table_partition is not None, "a batch that writes tables needs one"
+    return by_table
+
+
+def _changelog_records(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None, int | None]]:
+    """The changelog records of the batch's table changes."""
+    partition = batch.table_partition
+    for table, writes in _by_table(batch).items():
         topic = table.changelog_topic.get_topic_name()
         for key, value in writes:
             if not key.startswith(LOCAL_PREFIX):
                 yield topic, key, value, partition
 
 
-async def _commit_transactional(batch: Batch, source: TP) -> None:
+def _write_stores(batch: Batch) -> None:
+    """Write the batch's table changes to the local stores (once it committed)."""
+    for table, writes in _by_table(batch).items():
+        put_many(table, writes, batch.table_partition)  # type: ignore[arg-type]
+
+
+def _apply_to_stores(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None, int | None]]:
+    """Write the batch's table changes to the local stores; yield their changelog
+    records (the agent tests' stand-in for a committed transaction)."""
+    _write_stores(batch)
+    yield from _changelog_records(batch)
+
+
+async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> None:
     tid = transactional_id(source)
     # Faust's aiokafka driver keeps one transactional producer (and lock) per id.
     producer: Any = app.producer
-    lock = producer._trn_locks[tid]
+    lock = producer._trn_locks.get(tid)
+    if lock is None:
+        lock = producer._trn_locks[tid] = asyncio.Lock()
     async with lock:
-        txn = producer._transaction_producers[tid]
+        txn = await _ready_producer(producer, tid)
+        if retry and batch.sources and await _committed_already(batch):
+            log.warning("An earlier attempt of the batch of %s had committed after all", tid)
+            return
         try:
-            sent = await _send_batched(txn, chain(batch.outputs, _apply_to_stores(batch)))
+            sent = await _send_batched(txn, chain(batch.outputs, _changelog_records(batch)))
             if batch.sources:
                 offsets = {
                     TopicPartition(tp.topic, tp.partition): (o, batch.metadata.get(tp, ""))
@@ -212,12 +386,92 @@ async def _commit_transactional(batch: Batch, source: TP) -> None:
         except BaseException:
             # The open transaction may hold part of this batch (also when the task was
             # cancelled, e.g. the consumer's fetcher on shutdown), and the next commit on
-            # this producer would commit it too. Nothing may use it again: Kafka aborts
-            # the transaction when the next owner of the id fences it.
-            if producer._transaction_producers.get(tid) is txn:
-                del producer._transaction_producers[tid]
+            # this producer would commit it too. Nothing may use it again: it is replaced
+            # before the next commit, and the new producer's initialisation fences it
+            # and makes Kafka abort the transaction.
+            _broken.add(tid)
             raise
-        await txn.begin_transaction()
+        try:
+            await txn.begin_transaction()
+        except Exception as exc:  # pragma: no cover - begin is local in aiokafka
+            # The batch is committed; the next one gets a new producer.
+            log.warning("Could not begin the next transaction of %s: %r", tid, exc)
+            _broken.add(tid)
+
+
+_broken: set[str] = set()
+"""Transactional ids whose producer failed mid-transaction and must be replaced."""
+
+
+async def _ready_producer(producer: Any, tid: str) -> Any:
+    """The transactional producer of ``tid``, in a transaction; replaced first when it
+    failed before, is missing (a failed start) or cannot begin one."""
+    txn = producer._transaction_producers.get(tid)
+    if txn is not None and tid not in _broken:
+        if txn._txn_manager.is_in_transaction():
+            return txn
+        try:
+            await txn.begin_transaction()
+            return txn
+        except Exception as exc:
+            log.info("Producer %s cannot begin a transaction (%r); replacing it", tid, exc)
+    if txn is not None:
+        # Out of the map first, so no one else picks the broken producer meanwhile.
+        if producer._transaction_producers.get(tid) is txn:
+            del producer._transaction_producers[tid]
+        await _stop_quietly(txn)
+    fresh = producer._new_producer(transactional_id=tid)
+    try:
+        # InitProducerId: bumps the epoch, which fences every older producer of this id
+        # and ends (aborts) its open transaction before this returns.
+        await fresh.start()
+    except BaseException:
+        await _stop_quietly(fresh)
+        raise
+    producer._transaction_producers[tid] = fresh
+    _broken.discard(tid)
+    log.info("Started a new transactional producer for %s", tid)
+    await fresh.begin_transaction()
+    return fresh
+
+
+async def _committed_already(batch: Batch) -> bool:
+    """Whether the group's committed offsets already include ``batch`` (an earlier
+    attempt committed, and only its answer was lost).
+
+    Asked only on a retry, once the producer of the failed attempt was replaced: the new
+    producer's initialisation ended that attempt's transaction one way or the other, so
+    the committed offsets are final for it. Two batches can commit the same offset (the
+    tracker's stays at an envelope whose events still wait in the merge), so an equal
+    offset counts only with this batch's own metadata (the tracker puts a token there
+    that no other batch has).
+    """
+    consumer: Any = app.consumer
+    committed = await consumer.committed_offsets(batch.sources)
+    for tp, offset in batch.sources.items():
+        found = committed.get(tp)
+        if found is None or found[0] < offset:
+            return False
+        if found[0] == offset and found[1] != batch.metadata.get(tp, ""):
+            return False
+    return True
+
+
+async def _stop_quietly(txn: Any) -> None:
+    """Close a failed producer at once, without flushing what it still holds.
+
+    ``stop()`` would first wait for every queued record batch to be delivered, which
+    with the broker gone never happens, and its sender would go on retrying (and be
+    fenced later, an exception no one retrieves). Whatever it holds belongs to a
+    transaction that is aborted anyway.
+    """
+    txn._closed = True
+    try:
+        if txn._sender is not None:
+            await asyncio.wait_for(txn._sender.close(), 5.0)
+        await asyncio.wait_for(txn.client.close(), 5.0)
+    except Exception as exc:
+        log.debug("Closing a failed producer: %r", exc)
 
 
 @lru_cache(maxsize=65_536)
@@ -272,7 +526,7 @@ async def _commit_plain(batch: Batch) -> None:
     ]
     futures += [
         await producer.send(topic, key, value, partition, None, None)
-        for topic, key, value, partition in _apply_to_stores(batch)
+        for topic, key, value, partition in _changelog_records(batch)
     ]
     for fut in futures:
         await fut

@@ -26,6 +26,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from app import cluster, schemas, waiters
+from app import health as worker_health
 from app.cluster import PeerError
 from app.events import format_ts
 from app.main import app, settings
@@ -275,7 +276,14 @@ def assigned() -> set[Any]:
 
 @route("/health")
 async def health(web: Any, request: Any) -> aioweb.Response:
-    # Ready once Faust's recovery is done and every assigned partition is restored.
+    # Never ok while stopping; degraded (with the reason) while the cluster or the commits
+    # stand in the way (app/health.py); ready once Faust's recovery is done and every
+    # assigned partition is restored.
+    if app.should_stop or worker_health.state.stopping:
+        return json_response({"status": "stopping"}, status=503)
+    reason = worker_health.degraded()
+    if reason is not None:
+        return json_response({"status": "degraded", "reason": reason}, status=503)
     recovery: Any = app.tables
     if not recovery.recovery.completed.is_set():
         return json_response({"status": "starting"}, status=503)

@@ -8,7 +8,7 @@ Values are orjson documents, parsed by the caller once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -108,10 +108,30 @@ LOCAL_PREFIX = b"\x00"
 """Keys starting with this byte are local to the store: never in the changelog, never
 listed by :func:`items` (e.g. the duplicate memory's expiry index)."""
 
+_owners: dict[int, Callable[[], Iterable[int]]] = {}
+"""id(table) -> the partitions of it this worker owns and has restored (tables/restore.py)."""
+
+
+def owned_by(table: Any, partitions: Callable[[], Iterable[int]]) -> None:
+    """Unkeyed reads of ``table`` cover exactly ``partitions()`` (see :func:`items`)."""
+    _owners[id(table)] = partitions
+
 
 def items(table: Any, partition: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of one local partition, or of all assigned ones (without the
-    local keys, see LOCAL_PREFIX)."""
+    """Every (key, value) of one local partition, or of all this worker owns (without
+    the local keys, see LOCAL_PREFIX).
+
+    "Owns" is what the table's restorer says (:func:`owned_by`): the partitions of its
+    source topic assigned here and restored. Faust's own notion, the *changelog*
+    partitions its assignor handed out, leaves out every partition of a changelog topic
+    that did not exist yet when the group was assigned (a fresh deployment), although
+    the worker writes and serves those partitions.
+    """
+    owner = _owners.get(id(table))
+    if partition is None and owner is not None:
+        for p in sorted(set(owner())):
+            yield from items(table, p)
+        return
     store = table.data
     if isinstance(store, RocksDBStore):
         found = (
@@ -123,11 +143,11 @@ def items(table: Any, partition: int | None = None) -> Iterator[tuple[bytes, byt
             if not key.startswith(LOCAL_PREFIX):
                 yield key, value
         return
-    owner = store._key_partition
+    key_partition = store._key_partition
     for key, value in list(store.data.items()):
         if value is None or key.startswith(LOCAL_PREFIX):
             continue
-        if partition is None or owner.get(key) == partition:
+        if partition is None or key_partition.get(key) == partition:
             yield key, value
 
 

@@ -11,7 +11,10 @@ exactly what was committed.
 
 :class:`Restorer` does it once per assignment of a partition: eagerly when the
 partition is assigned (so a partition that gets no new input is still served right
-after a restart or a takeover), or on demand when an agent needs it first.
+after a restart or a takeover), or on demand when an agent needs it first. A restore
+that fails because the cluster does not answer is retried with backoff for as long as
+the partition stays assigned. The restorer also says which partitions unkeyed table
+reads cover (:func:`tables.base.owned_by`): those assigned here and restored.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 
-from tables.base import items, put_many
+from app.faults import retriable
+from tables.base import items, owned_by, put_many
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,11 @@ async def restore_partition(
             for tp in list(pending):
                 if await reader.position(tp) >= end[tp]:
                     pending.discard(tp)
+        if pending:
+            # Idle polls also happen when the broker went away mid-restore: only trust
+            # the end if the broker still answers (this raises when it does not, and
+            # the restore is retried from scratch).
+            await reader.end_offsets(list(pending))
         return applied
     finally:
         await asyncio.gather(reader.stop(), probe.stop())
@@ -145,6 +154,12 @@ class Restorer:
         self._generation: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         RESTORERS.append(self)
+        for table in tables:
+            owned_by(table, self.ready_partitions)
+
+    def ready_partitions(self) -> set[int]:
+        """The partitions assigned here and restored (what unkeyed reads cover)."""
+        return set(self._ready)
 
     def is_ready(self, partition: int) -> bool:
         return partition in self._ready
@@ -162,7 +177,9 @@ class Restorer:
                 return False
             log.info("Restoring partition %d of %s", partition, self._names())
             started = time.monotonic()
-            n = await restore_partition(self.tables, partition, self.bootstrap)
+            n = await self._restore_retrying(partition, generation)
+            if n is None:
+                return False
             took_s = time.monotonic() - started
             if self._generation.get(partition, 0) != generation:
                 log.info("Partition %d was revoked while it was restored", partition)
@@ -177,6 +194,30 @@ class Restorer:
                 took_s,
             )
             return True
+
+    async def _restore_retrying(self, partition: int, generation: int) -> int | None:
+        """:func:`restore_partition`, retried with backoff through broker outages for as
+        long as the partition stays assigned; None once it was revoked meanwhile."""
+        delay, attempts, last_log = 0.5, 0, 0.0
+        while True:
+            try:
+                return await restore_partition(self.tables, partition, self.bootstrap)
+            except Exception as exc:
+                if not retriable(exc):
+                    raise
+                attempts += 1
+                if time.monotonic() - last_log >= 30:
+                    last_log = time.monotonic()
+                    log.warning(
+                        "Restoring partition %d failed (%d attempts), retrying: %r",
+                        partition,
+                        attempts,
+                        exc,
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self._generation.get(partition, 0) != generation:
+                return None
 
     def prefetch(self, partitions: Iterable[int]) -> None:
         """Start restoring ``partitions`` in the background (on assignment)."""

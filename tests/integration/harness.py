@@ -65,6 +65,75 @@ def throwaway_broker(data_dir: Path | None = None) -> Iterator[str]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@dataclass
+class Cluster:
+    """A throwaway Kafka of ``nodes`` brokers (scripts/kafka) whose nodes a test can
+    kill and start again; node numbers are 1-based, as Kafka's node ids."""
+
+    nodes: int
+    directory: Path
+    ports: list[int]
+    env: dict[str, str]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node_of(self, port: int) -> int:
+        return self.ports.index(port) + 1
+
+    def _script(self, *args: str) -> None:
+        subprocess.run([str(REPO / "scripts" / "kafka"), *args], env=self.env, check=True)
+
+    def kill(self, node: int) -> None:
+        """SIGKILL one broker: no controlled shutdown, exactly like a crash."""
+        if self.nodes > 1:
+            self._script("kill-node", str(node))
+            return
+        pid_file = self.directory / "kafka.pid"
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def start(self, node: int) -> None:
+        """Start a node again (same ports, same data) and wait until it answers."""
+        if self.nodes > 1:
+            self._script("start-node", str(node))
+        else:
+            self._script("start")
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts" / "kafka"), "stop"], env=self.env, check=False)
+
+
+@contextmanager
+def throwaway_cluster(n: int = 3) -> Iterator[Cluster]:
+    """``n`` Kafka brokers on free ports (scripts/kafka; n=1 is the single-node path),
+    stopped and removed on exit. With 3 nodes or more, internal topics have 3 replicas
+    and ``min.insync.replicas`` 2."""
+    directory = Path(tempfile.mkdtemp(prefix=f"kafka{n}-"))
+    ports = [free_port() for _ in range(n)]
+    controllers = [free_port() for _ in range(n)]
+    env = dict(os.environ, KAFKA_DATA_DIR=str(directory), KAFKA_NODES=str(n))
+    if n == 1:
+        env.update(KAFKA_PORT=str(ports[0]), KAFKA_CONTROLLER_PORT=str(controllers[0]))
+    else:
+        env.update(
+            KAFKA_PORTS=",".join(map(str, ports)),
+            KAFKA_CONTROLLER_PORTS=",".join(map(str, controllers)),
+            KAFKA_START_TIMEOUT="120",
+        )
+    cluster = Cluster(n, directory, ports, env)
+    subprocess.run([str(REPO / "scripts" / "kafka"), "start"], env=env, check=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
@@ -98,7 +167,7 @@ class Worker:
         env = dict(os.environ)
         env.update(
             {
-                "BROKER_URL": f"kafka://{self.bootstrap}",
+                "BROKER_URL": ";".join(f"kafka://{b}" for b in self.bootstrap.split(",")),
                 "APP_ID": self.app_id,
                 "TOPIC_PREFIX": self.prefix,
                 "WEB_PORT": str(self.port),

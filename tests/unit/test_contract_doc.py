@@ -23,9 +23,7 @@ from tests.integration.harness import REPO
 
 CONTRACT = REPO / "docs" / "contract.md"
 
-PENDING_SETTINGS = {
-    "REPLICATION_FACTOR": "replicated topics (branch h2-faults)",
-}
+PENDING_SETTINGS: dict[str, str] = {}
 PENDING_ROUTES: dict[str, str] = {}
 
 

@@ -146,6 +146,8 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("WINDOW_IDLE_CLOSE_SECONDS", "inf"),
         ("WINDOW_IDLE_CLOSE_SECONDS", "soon"),
         ("MAX_WAITING_REQUESTS", "0"),
+        ("REPLICATION_FACTOR", "0"),
+        ("REPLICATION_FACTOR", "three"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
@@ -170,3 +172,9 @@ def test_the_worker_stops_at_start_with_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "stock-tracker: bad setting: WEB_PORT must be an integer between 1 and 65535, got 'x'"
     ]
+
+
+def test_replication_factor_defaults_to_the_clusters_size() -> None:
+    # None: decided at start from the cluster (3 with 3 brokers or more, else 1).
+    assert Settings.from_env({}).replication_factor is None
+    assert Settings.from_env({"REPLICATION_FACTOR": "3"}).replication_factor == 3

@@ -79,6 +79,7 @@ HANDLED = {
     "Quickstart": "test_demo_and_the_inject_examples_as_written",
     "Injecting events": "test_demo_and_the_inject_examples_as_written",
     "Running with Docker": "test_the_docker_examples_fit_the_compose_file",
+    "Local Kafka without Docker": "test_the_cluster_example_as_written",
 }
 
 
@@ -276,3 +277,82 @@ def test_the_docker_examples_fit_the_compose_file(tmp_path: Path) -> None:
             )
             assert done.returncode == 0, done.stderr
             assert written.read_text().count("\n") == 50
+
+
+# --- a 3-node cluster without Docker -------------------------------------------------
+
+
+def free_block(n: int) -> int:
+    """The first of ``n`` consecutive free ports (the cluster's clients and controllers)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no block of free ports")
+
+
+@pytest.mark.integration
+def test_the_cluster_example_as_written(tmp_path: Path) -> None:
+    """The block, run in the clone as a user runs it (ports moved to free ones, the
+    cluster's data under tmp_path): the cluster starts, the worker gets ready on it and
+    stays up through the node's SIGKILL and return, and the last line stops it all."""
+    [block] = blocks_under("Local Kafka without Docker")
+    base, web = free_block(6), free_port()
+    text = block.text
+    for old, new in (("19092", base), ("19093", base + 1), ("19094", base + 2), ("6071", web)):
+        text = text.replace(old, str(new))
+    text = text.replace("DATA_DIR=cluster-data", f"DATA_DIR={tmp_path / 'worker-data'}")
+    text = text.replace("> cluster.log", f"> {tmp_path / 'cluster.log'}")
+    env = user_env(KAFKA_DATA_DIR=str(tmp_path / "kafka"))
+    start, worker_line, kill_node, start_node, last = Block(block.heading, text).commands()
+    stop = f"KAFKA_NODES=3 KAFKA_PORT={base} scripts/kafka stop"
+    assert last == f"kill %1; {stop}"
+    try:
+        ok(run(start, env, REPO, timeout=240))
+        assert worker_line.endswith("&")
+        worker = subprocess.Popen(
+            ["bash", "-c", worker_line[:-1]], env=env, cwd=REPO, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{web}/health"
+
+        def health() -> int:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+            except OSError:
+                return 0
+
+        def wait_ok(timeout_s: float) -> None:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if health() == 200:
+                    return
+                time.sleep(0.5)
+            log = (tmp_path / "cluster.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"worker not ok within {timeout_s}s:\n{log}")
+
+        wait_ok(120)
+        ok(run(kill_node, env, REPO, timeout=60))
+        ok(run(start_node, env, REPO, timeout=240))
+        wait_ok(120)
+        assert worker.poll() is None, "the worker stopped with a node of its cluster"
+        os.killpg(worker.pid, signal.SIGTERM)  # the block's `kill %1`
+        worker.wait(15)  # the contract: a SIGTERMed worker is gone within 10 s
+    finally:
+        ok(run(stop, env, REPO, timeout=120))

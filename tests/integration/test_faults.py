@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,10 @@ from tests.integration.harness import (
     Cluster,
     Worker,
     produce,
-    read_topic,
     throwaway_cluster,
 )
-from tests.integration.test_exactly_once import Oracle, by_sku, make_events
+from tests.integration.oracle import Oracle, check_results
+from tests.integration.test_exactly_once import by_sku, make_events
 
 pytestmark = pytest.mark.integration
 
@@ -84,53 +84,6 @@ def processed(worker: Worker) -> int:
 def wait_processed(worker: Worker, at_least: int, timeout_s: float) -> int:
     body = worker.wait_for("/stats", lambda b: b["processed"] >= at_least, timeout_s=timeout_s)
     return int(body["processed"])
-
-
-def check_results(worker: Worker, bootstrap: str, oracle: Oracle) -> dict[str, int]:
-    """Every level and open supplier order over HTTP, and every output topic, exact."""
-    stats = worker.wait_for("/stats", lambda b: b["processed"] >= oracle.applied, timeout_s=180)
-    assert stats["processed"] == oracle.applied
-    assert stats["duplicates"] == oracle.duplicates
-    assert stats["dead_lettered"] == 0
-    for sku, level in oracle.levels.items():
-        status, body = worker.get(f"/stock/{sku}")
-        assert status == 200 and body["level"] == level, (sku, body)
-        open_so = oracle.open_so.get(sku)
-        got_open = body["open_supplier_order"]
-        assert (got_open and got_open["supplier_order_id"]) == (
-            open_so and open_so["supplier_order_id"]
-        ), sku
-    statuses = read_topic(bootstrap, worker.topic("order-status"), min_count=len(oracle.statuses))
-    per_order = Counter(v["order_id"] for _, v in statuses)
-    doubled = sum(1 for n in per_order.values() if n > 1)
-    assert doubled == 0, f"{doubled} orders have more than one order-status"
-    assert set(per_order) == set(oracle.statuses)
-    for _, v in statuses:
-        got = (v["status"], v["backordered_units"], v["level_after"])
-        assert got == oracle.statuses[v["order_id"]], v
-    so_msgs = read_topic(
-        bootstrap, worker.topic("supplier-orders"), min_count=len(oracle.so_changes)
-    )
-    got_changes: dict[str, list[Any]] = defaultdict(list)
-    for _, v in so_msgs:
-        got_changes[v["sku"]].append(
-            (v["supplier_order_id"], v["status"], v["delivered"], v["sku"])
-        )
-    want_changes: dict[str, list[Any]] = defaultdict(list)
-    for change in oracle.so_changes:
-        want_changes[change[3]].append(change)
-    assert got_changes == want_changes
-    levels = read_topic(bootstrap, worker.topic("stock-levels"), min_count=oracle.applied)
-    assert len(levels) == oracle.applied
-    return {
-        "events_applied": oracle.applied,
-        "duplicates_in_input": oracle.duplicates,
-        "order_status_messages": len(statuses),
-        "orders_lost": len(set(oracle.statuses) - set(per_order)),
-        "orders_doubled": doubled,
-        "supplier_order_changes": len(so_msgs),
-        "stock_level_messages": len(levels),
-    }
 
 
 def error_lines(worker: Worker) -> int:

@@ -40,7 +40,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.integration.harness import REPO, Worker
-from tests.integration.test_exactly_once import Oracle
+from tests.integration.oracle import Oracle
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Worker, create_topics, produce_to, read_topic
-from tests.integration.test_exactly_once import Oracle, kill_during
+from tests.integration.harness import Worker, create_topics, produce_to
+from tests.integration.oracle import Oracle, check_results
+from tests.integration.test_exactly_once import kill_during
 
 pytestmark = pytest.mark.integration
 
@@ -125,38 +126,6 @@ def write_backlog(worker: Worker, kafka: str, backlog: list[Message]) -> None:
     produce_to(kafka, ((worker.topic(t), p, v) for t, p, v in backlog))
 
 
-def check_against(oracle: Oracle, worker: Worker, kafka: str) -> dict[str, tuple[Any, ...]]:
-    """Every order status (once each, read_committed), level and supplier order as the
-    oracle says; returns the statuses."""
-    stats = worker.wait_for("/stats", lambda b: b["processed"] >= oracle.applied, timeout_s=300)
-    assert stats["processed"] == oracle.applied
-    assert stats["duplicates"] == oracle.duplicates
-    messages = read_topic(kafka, worker.topic("order-status"), min_count=len(oracle.statuses))
-    per_order: dict[str, tuple[Any, ...]] = {}
-    for _, v in messages:
-        assert v["order_id"] not in per_order, f"two statuses for {v['order_id']}"
-        per_order[v["order_id"]] = (v["status"], v["backordered_units"], v["level_after"])
-    wrong = {
-        k: (v, oracle.statuses.get(k)) for k, v in per_order.items() if v != oracle.statuses.get(k)
-    }
-    assert not wrong, (
-        f"{len(wrong)} statuses differ from the merge oracle, e.g. {list(wrong.items())[:5]}"
-    )
-    assert set(per_order) == set(oracle.statuses)
-    for sku, level in oracle.levels.items():
-        status, body = worker.get(f"/stock/{sku}")
-        assert status == 200 and body["level"] == level, (sku, body, level)
-    for sku in oracle.levels:
-        _, body = worker.get(f"/supplier-orders/{sku}")
-        want = [oracle.so_final[f"SO-{sku}-{n}"] for n in range(oracle.so_count[sku], 0, -1)]
-        got = [
-            {k: so[k] for k in ("supplier_order_id", "sku", "quantity", "delivered", "status")}
-            for so in body["supplier_orders"]
-        ]
-        assert got == want, sku
-    return per_order
-
-
 BACKLOG = dict(seed=11, skus=30, orders=2_400, moves=700)
 
 
@@ -186,7 +155,7 @@ def test_a_backlog_is_applied_in_the_contracts_merge_order(
         w.wait_ready(timeout_s=120)
     backordered = sum(1 for s in oracle.statuses.values() if s[0] == "backordered")
     assert backordered > 100  # the order matters in this backlog
-    check_against(oracle, first, kafka)
+    check_results(first, kafka, oracle, timeout_s=300)
 
 
 def test_a_sigkill_in_the_middle_of_a_catch_up_changes_nothing(
@@ -199,7 +168,7 @@ def test_a_sigkill_in_the_middle_of_a_catch_up_changes_nothing(
     worker.start()
     kill_during(worker, oracle.applied, 0.4)
     worker.start()
-    check_against(oracle, worker, kafka)
+    check_results(worker, kafka, oracle, timeout_s=300)
 
 
 def test_an_idle_input_partition_does_not_hold_back_live_traffic(

@@ -100,6 +100,14 @@ def assigned_partitions(topics: Iterable[str]) -> list[TP]:
     return [tp for tp in _consumer.assignment() if tp.topic in wanted]
 
 
+async def end_offsets(tps: Iterable[TP]) -> dict[TP, int]:
+    """The end offsets of ``tps`` on the broker now: the last stable offsets, as this
+    consumer reads committed records (empty without a consumer)."""
+    if _consumer is None:
+        return {}
+    return await _consumer.end_offsets_now(tps)
+
+
 def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
     """Per partition: has the consumer handed on everything the broker held at the last
     fetch? (Its position has reached the last stable offset: read_committed.)
@@ -169,6 +177,20 @@ class GaplessConsumer(AIOKafkaConsumer):
                 at_end = end is not None and end >= 0 and state.position >= end
             ends[tp] = at_end
         return ends
+
+    async def end_offsets_now(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """One ListOffsets request for ``tps``, with the consumer's isolation level (Faust's
+        ``highwaters`` returns what the last fetch said instead, under transactions)."""
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+        async def ask() -> dict[Any, int]:
+            found: dict[Any, int] = await consumer.end_offsets(wanted)
+            return found
+
+        found: dict[Any, int] = await thread.call_thread(ask)
+        return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     @contextmanager
     def resumes_after_seek(self) -> Iterator[None]:

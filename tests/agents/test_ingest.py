@@ -124,6 +124,30 @@ def test_nothing_is_sent_for_a_partition_with_nothing_new_to_say() -> None:
     ingest._sources.clear()
 
 
+def test_a_partition_read_to_its_end_says_so_again_every_second() -> None:
+    """A tracker partition rebuilt after a restart trusts only reports written after its
+    rebuild (agents/tracker.py), and with static membership the generation stays: so a
+    source read to its end repeats it every REPORT_EVERY_S; one with records to read
+    has nothing to repeat (it reports when it reads them)."""
+    ingest._sources.clear()
+    ends = {TP(STOCK, 0): True, TP(ORDERS, 1): False}
+    t = 1000.0
+    first = ingest.build_batches({}, ends, generation=3, clock=t)
+    [pending] = first.values()
+    ingest._sources.update(pending.states)
+    every = ingest.REPORT_EVERY_S
+    assert ingest.build_batches({}, ends, generation=3, clock=t + every / 2) == {}
+    [again] = ingest.build_batches({}, ends, generation=3, clock=t + every).values()
+    marks = {
+        (m[0], m[1], m[4]) for _, _, v, _ in again.batch.outputs for m in orjson.loads(v)["m"]
+    }
+    assert marks == {(1, 0, True)}  # only the source at its end, to every SKU partition
+    assert again.batch.sources == {}  # no input offsets move
+    ingest._sources.update(again.states)
+    assert ingest.build_batches({}, ends, generation=3, clock=t + every * 1.5) == {}
+    ingest._sources.clear()
+
+
 def test_envelopes_are_split_below_the_byte_limit() -> None:
     # Ids of 64 characters that JSON escapes (6 bytes each): 2,000 rows would be ~2.4 MB.
     wide = "\x01" * 64

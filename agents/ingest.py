@@ -223,13 +223,20 @@ def build_batches(
             rows_by_tid[tid] = {}
         return tid, found
 
-    for tp in sorted({*records, *ends}):
+    # Sources with records first: one with only a report to make moves no offset, so it
+    # rides along in any transaction of this fetch, and a report said again every
+    # second costs no transaction of its own while records flow.
+    for tp in sorted({*records, *ends}, key=lambda tp: (not records.get(tp), tp)):
         batch_records = records.get(tp, ())
         state = source_state(tp)
         at_end = ends.get(tp, False)
         if not batch_records and not has_news(state, generation, at_end, clock):
             continue  # nothing new to say
-        tid, pending = pending_for(tp)
+        if batch_records or not by_tid:
+            tid, pending = pending_for(tp)
+        else:
+            tid = next(iter(by_tid))
+            pending = by_tid[tid]
         batch = pending.batch
         is_order = tp.topic == orders_topic
         code = merge.ORDERS if is_order else merge.STOCK

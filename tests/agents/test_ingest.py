@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
 from agents import ingest
@@ -221,3 +222,25 @@ def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
     assert letter["error"] == "could not be processed: RuntimeError: a rule nobody foresaw"
     rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)["r"]]
     assert [r[2] for r in rows] == ["o1", "o2"]
+
+
+def test_a_report_without_records_rides_in_a_transaction_with_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each input partition's records commit with the transactional producer that owns
+    it; a partition with nothing but a report (no offset to move) joins one of them
+    instead of opening a transaction of its own."""
+    monkeypatch.setattr(ingest.app, "in_transaction", True)
+    monkeypatch.setattr(ingest, "transactional_id", lambda tp: f"tid-{tp.partition}")
+    ingest._sources.clear()
+    batches = ingest.build_batches(
+        {TP(ORDERS, 2): [record(ORDERS, 2, 0, order("o1", "A"))]},
+        ends={TP(ORDERS, 2): True, TP(STOCK, 0): True, TP(STOCK, 1): True},
+        generation=1,
+        clock=5.0,
+    )
+    assert list(batches) == ["tid-2"]
+    [pending] = batches.values()
+    assert set(pending.states) == {TP(ORDERS, 2), TP(STOCK, 0), TP(STOCK, 1)}
+    assert pending.batch.sources == {TP(ORDERS, 2): 1}
+    ingest._sources.clear()

@@ -7,14 +7,15 @@ worker and starts it again. Prints:
   - restart -> a new order's status readable over HTTP;
   - the steps of that (from the worker's log): process start until it asks to join the
     group, the join, the restore of the tables, until ready, until the order is visible.
-    The worker has a static group membership (WORKER_INSTANCE_ID), so the restart does
-    not wait out the killed member's session timeout;
+    With --membership static (the default) the worker has a WORKER_INSTANCE_ID, so the
+    restart does not wait out the killed member's session timeout;
   - the restore rate: changelog records per second, from the worker's own log lines
     ("Partition N restored from R changelog records in S s"), summed over partitions
     (they restore concurrently, so records / the longest partition's time).
 A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/recovery.py [--skus 100000] [--bootstrap HOST:PORT]
+        [--membership static|dynamic]
 """
 
 from __future__ import annotations
@@ -88,12 +89,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skus", type=int, default=100_000)
     parser.add_argument("--bootstrap", default=None)
+    parser.add_argument(
+        "--membership",
+        choices=("static", "dynamic"),
+        default="static",
+        help="static: the worker has a WORKER_INSTANCE_ID (default); dynamic: none, so the "
+        "restarted worker waits out the killed member's session timeout",
+    )
     args = parser.parse_args()
 
     def bench(bootstrap: str) -> None:
         # Static membership: the restarted worker takes its own place back in the group
         # instead of waiting out the killed member's session timeout.
-        with running_worker(bootstrap, WORKER_INSTANCE_ID="bench-1") as worker:
+        static = {"WORKER_INSTANCE_ID": "bench-1"} if args.membership == "static" else {}
+        with running_worker(bootstrap, **static) as worker:
             n = args.skus
             produce(
                 bootstrap,
@@ -155,7 +164,8 @@ def main() -> None:
             rate = records / longest_s if longest_s else float("nan")
             print(
                 f"kill -9 -> restart -> ready: {ready_s:.1f} s; "
-                f"-> a new order's status readable: {visible_s:.1f} s (static membership)"
+                f"-> a new order's status readable: {visible_s:.1f} s "
+                f"({args.membership} membership)"
             )
             log = worker.log_path.read_text(errors="replace")
             print("  steps: " + restart_parts(log, spawned, ready_at, visible_at))

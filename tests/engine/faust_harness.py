@@ -50,8 +50,9 @@ def upstream_fixed(bug: str, ours: str, seen: object) -> str:
 
 
 def bare_app(bootstrap: str, *, exactly_once: bool = False) -> faust.App:
-    """A Faust app with nothing declared: no agents, tables, web server or discovery."""
-    return faust.App(
+    """A Faust app with nothing declared: no agents, tables, web server or discovery,
+    set up as in a worker (Faust uses transactions only there)."""
+    app = faust.App(
         unique("engine"),
         broker=f"kafka://{bootstrap}",
         store="memory://",
@@ -60,6 +61,8 @@ def bare_app(bootstrap: str, *, exactly_once: bool = False) -> faust.App:
         web_enabled=False,
         autodiscover=False,
     )
+    app.in_worker = True  # as faust.Worker does
+    return app
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
@@ -96,6 +99,33 @@ async def committed_offset(bootstrap: str, group: str, tp: TP) -> int | None:
         await reader.stop()
 
 
+async def commit_in_transaction(
+    bootstrap: str, transactional_id: str, group: str, offsets: dict[TP, int]
+) -> None:
+    """Commit ``offsets`` for ``group`` in a transaction of its own (as app/transaction.py
+    commits a batch's input offsets), and wait until they are the group's."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_offsets_to_transaction(
+                {TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()}, group
+            )
+    finally:
+        await producer.stop()
+    await complete_transactions(bootstrap, transactional_id)
+
+
+async def complete_transactions(bootstrap: str, transactional_id: str) -> None:
+    """Return once every transaction of ``transactional_id`` has ended, its offsets (if it
+    committed) applied to the group, by doing what a partition's next owner does: start a
+    producer of the same id (its InitProducerId waits for a transaction being committed to
+    complete, and aborts one left open)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
+    await producer.start()
+    await producer.stop()
+
+
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after :data:`TIMEOUT_S`."""
     deadline = time.monotonic() + TIMEOUT_S
@@ -116,6 +146,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.offsets: list[int] = []
+        self.messages: list[Any] = []
         self._at: dict[int, Callable[[Any], Awaitable[None]]] = {}
         self._before_fetch: list[Callable[[], None]] = []
 
@@ -128,6 +159,7 @@ class Drain:
     async def deliver(self, message: Any) -> None:
         """The consumer's callback (a worker's is the conductor's ``on_message``)."""
         self.offsets.append(message.offset)
+        self.messages.append(message)
         action = self._at.pop(message.offset, None)
         if action is not None:
             await action(message)

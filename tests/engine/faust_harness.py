@@ -13,7 +13,8 @@ builds it, and only two things differ from a worker:
 - Faust's drain loop (``Consumer._drain_messages``, the loop a worker's fetcher runs)
   hands the records to a :class:`Drain` that records their offsets and lets a test act
   at a chosen record (pause a partition, seek), the way a rebalance or Faust's recovery
-  does while a batch is being handed on.
+  does while a batch is being handed on, or before the next fetch (a wrapper around
+  ``getmany`` that runs the test's action, then Faust's method unchanged).
 
 Everything else (``getmany``, the read offsets, seeks, acks, commits, aiokafka's fetcher)
 is the library's and the engine's code unchanged.
@@ -58,6 +59,8 @@ def bare_app(bootstrap: str, *, exactly_once: bool = False) -> faust.App:
         store="memory://",
         processing_guarantee="exactly_once" if exactly_once else "at_least_once",
         consumer_auto_offset_reset="earliest",
+        # More than a test writes: a fetch hands on a whole record batch.
+        broker_max_poll_records=1_000,
         web_enabled=False,
         autodiscover=False,
     )

@@ -4,9 +4,10 @@ Upstream: ``faust/transport/consumer.py``, ``Consumer.getmany`` hands on a fetch
 record only if its partition is active at that moment, and skips it otherwise; by then
 aiokafka's fetch position is already past the whole fetch, and nothing seeks back
 (``Consumer._drain_messages`` only drops records below the read offset). Faust pauses
-partitions this way on every rebalance (its recovery pauses what it recovers), so the
-rest of a fetch that was being handed on is never read again, and the next offset
-committed for the partition passes it.
+partitions this way on every rebalance (``App._on_partitions_revoked`` pauses the whole
+assignment, ``Recovery`` the partitions it recovers), so the rest of a fetch that was
+being handed on is never read again, and the next offset committed for the partition
+passes it.
 
 Ours: ``app/consumer.py``, ``GaplessConsumer.getmany``: a partition whose records were
 held back because it was not active is sought back to the first of them once the fetch

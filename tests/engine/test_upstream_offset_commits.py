@@ -36,6 +36,7 @@ from tests.engine.faust_harness import (
     complete_transactions,
     consumer_on_loop,
     create_topic,
+    internal,
     produce_one_batch,
     upstream_fixed,
     wait_until,
@@ -65,8 +66,8 @@ async def stop_after_a_batch(manager_class: type[Any], kafka: str) -> int | None
     # subscribed, and names a partition's transactional producer after the topic's group,
     # which the group's assignment tells the assignor; no group is joined here.
     app.topics.add(app.topic(topic))
-    await app.topics._update_indices()
-    app.assignor._topic_groups[topic] = 0
+    await internal(app.topics, "_update_indices")()
+    internal(app.assignor, "_topic_groups")[topic] = 0
     producer_id = f"{app.conf.id}-0-{tp.partition}"
     await app.producer.start()
     drain = Drain()

@@ -36,6 +36,8 @@ from tests.engine.faust_harness import (
     complete_transactions,
     consumer_on_loop,
     create_topic,
+    internal,
+    kafka_client,
     upstream_fixed,
     wait_until,
 )
@@ -84,14 +86,15 @@ async def test_stock_faust_recovery_reads_the_changelog_as_empty(kafka: str) -> 
         app = table.app
         tp = TP(table.changelog_topic.get_topic_name(), 0)
         async with consumer_on_loop(FaustConsumer, app, [tp]) as consumer:
-            client = consumer._thread._ensure_consumer()
+            client = kafka_client(consumer)
             # Faust reads whatever the last fetch saw; wait for one, so the open
             # transaction (not a missing fetch) is what Faust's end offset shows.
             await wait_until(
                 lambda: client.last_stable_offset(tp) is not None, "a fetch of the changelog"
             )
             highwaters: Counter[TP] = Counter()
-            await app.tables.recovery._build_highwaters(consumer, {tp}, highwaters, "active")
+            build_highwaters = internal(app.tables.recovery, "_build_highwaters")
+            await build_highwaters(consumer, {tp}, highwaters, "active")
     # Faust restores the offsets up to and including its highwater: -1 is none at all.
     assert highwaters[tp] == -1, upstream_fixed(
         "its recovery reading empty changelogs while a transaction is open "

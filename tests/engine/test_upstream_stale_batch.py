@@ -32,6 +32,7 @@ from tests.engine.faust_harness import (
     bare_app,
     consumer_on_loop,
     create_topic,
+    kafka_client,
     produce_one_batch,
     upstream_fixed,
     wait_until,
@@ -55,8 +56,7 @@ async def seek_directly(consumer: Any, tp: TP) -> None:
 async def seek_to_committed(consumer: Any, tp: TP) -> None:
     """What Faust's recovery does once it is done: seek every partition to the group's
     committed offset (``Consumer.perform_seek``)."""
-    client = consumer._thread._ensure_consumer()
-    await client.commit({TopicPartition(tp.topic, tp.partition): SOUGHT_TO})
+    await kafka_client(consumer).commit({TopicPartition(tp.topic, tp.partition): SOUGHT_TO})
     await consumer.perform_seek()
 
 

@@ -92,6 +92,8 @@ async def test_stock_faust_recovery_reads_the_changelog_as_empty(kafka: str) -> 
             await wait_until(
                 lambda: client.last_stable_offset(tp) is not None, "a fetch of the changelog"
             )
+            # The same fetch saw the committed records: the log goes on past them.
+            assert client.highwater(tp) > len(COMMITTED)
             highwaters: Counter[TP] = Counter()
             build_highwaters = internal(app.tables.recovery, "_build_highwaters")
             await build_highwaters(consumer, {tp}, highwaters, "active")

@@ -1,17 +1,17 @@
 """The tracker: one place per SKU where orders and stock moves meet (the join), in order.
 
 It consumes the SKU-partitioned envelopes written by agents/ingest.py and puts their
-events into the partition's event-time merge (app/rules/merge.py), which releases them
+events into the partition's event-time merge (app/domain/rules/merge.py), which releases them
 in the contract's order once no input partition can still send an older one. Per batch
 of released events it reads the state of the SKUs they touch once, applies each event
 with the pure rules (duplicates, stock levels, supplier orders, windows), then writes
 each changed key once, every output message, and the input offset (the oldest envelope
-still holding a waiting event) in one Kafka transaction (app/transaction.py). An event
+still holding a waiting event) in one Kafka transaction (app/engine/transaction.py). An event
 whose processing raises is isolated (:func:`isolate`): it becomes a dead letter and the
 rest of its batch commits.
 
 The envelopes do not go through a Faust stream: the consumer's batch tap
-(app/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
+(app/engine/consumer.py) hands each fetch of them to :func:`tracker` as raw records per
 partition, which queues it for the tracker's own task. Faust would only add its
 per-message cost and an ack/gap bookkeeping that grows without bound on this
 transactional topic (offsets commit in our own transactions, never Faust's). The
@@ -26,7 +26,7 @@ exactly where the last committed batch left off.
 
 With WINDOW_IDLE_CLOSE_SECONDS set, a timer (:func:`idle_tick`) also closes the due
 windows of partitions that received no event for that long: it moves their window
-stream time on by the wall time elapsed (app/rules/windows.py) and commits the results
+stream time on by the wall time elapsed (app/domain/rules/windows.py) and commits the results
 and the new stream time like a batch without input. It runs under the same lock as the
 batches, so it never interleaves with a batch of the same partition.
 """
@@ -48,19 +48,20 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from app import metrics, topics, waiters
-from app.consumer import Records, tap
-from app.events import format_ts
-from app.main import app, settings
-from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
-from app.rules import dead_letters
-from app.rules import merge as m
-from app.rules import windows as w
-from app.rules.stock import apply_order, apply_stock
-from app.transaction import Batch, CommitAbandoned, can_commit, commit
+from agents import waiters
+from app.domain.events import format_ts
+from app.domain.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.domain.rules import dead_letters
+from app.domain.rules import merge as m
+from app.domain.rules import windows as w
+from app.domain.rules.stock import apply_order, apply_stock
+from app.engine import metrics, topics
+from app.engine.consumer import Records, tap
+from app.engine.instance import app, settings
+from app.engine.restore import Restorer
+from app.engine.stores import LOCAL_PREFIX, get, items, local_range, put_local
+from app.engine.transaction import Batch, CommitAbandoned, can_commit, commit
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.base import LOCAL_PREFIX, get, items, local_range, put_local
-from tables.restore import Restorer
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),

@@ -11,8 +11,8 @@ from faust.types import TP
 
 from agents import tracker
 from agents.ingest import envelope_row
-from app import topics
-from app.transaction import Batch, _apply_to_stores
+from app.engine import topics
+from app.engine.transaction import Batch, _apply_to_stores
 
 ENVELOPES = topics.events_by_sku.get_topic_name()
 ORDERS = topics.orders.get_topic_name()

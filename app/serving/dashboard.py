@@ -1,14 +1,14 @@
 """Dashboard: the live HTML page at ``/``, its assets, and the two JSON views it needs.
 
-This module owns the routes ``/`` (``app/static/index.html``), ``/static/{name}`` (the
-files of ``app/static/``, shipped with the package), ``/config`` (the settings the page
+This module owns the routes ``/`` (``app/serving/static/index.html``), ``/static/{name}`` (the
+files of ``app/serving/static/``, shipped with the package), ``/config`` (the settings the page
 shows: reorder point, window sizes, ...) and ``/dashboard/windows`` (closed and open
 tumbling windows summed over every SKU of every worker, for the chart). The page itself is
 plain HTML, CSS and JavaScript that polls the JSON endpoints every 1.5 s and updates in
 place.
 
 Assets are served only by exact file name from a list made at import: a name that is
-not a file of ``app/static/`` (``..``, sub-folders, anything else) is a JSON 404.
+not a file of ``app/serving/static/`` (``..``, sub-folders, anything else) is a JSON 404.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import Any
 import orjson
 from aiohttp import web as aioweb
 
-from app.events import format_ts
-from app.main import settings
-from app.rules import windows as w
-from app.text import cut
-from app.web import error, gathered, int_query, json_response, merged, route
+from app.domain.events import format_ts
+from app.domain.rules import windows as w
+from app.domain.text import cut
+from app.engine.instance import settings
+from app.engine.stores import items
+from app.serving.web import error, gathered, int_query, json_response, merged, route
 from tables import windows
-from tables.base import items
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -75,7 +75,7 @@ async def index(web: Any, request: Any) -> aioweb.Response:
 
 @route("/static/{name}")
 async def static(web: Any, request: Any, name: str) -> aioweb.Response:
-    """One file of ``app/static/`` by its exact name."""
+    """One file of ``app/serving/static/`` by its exact name."""
     return asset_response(name)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from app.models import Order, StockMove, StockReason
+from app.domain.models import Order, StockMove, StockReason
 
 MAX_ID_CHARS = 64
 """Longest id (order_id, customer_id, sku, event_id, supplier_id), in characters."""

@@ -6,7 +6,7 @@ consumer subscribes, with ``TOPIC_PARTITIONS`` partitions and ``REPLICATION_FACT
 replicas (:func:`replication_factor` picks the default from the cluster's size). Local
 state is wiped at start under exactly-once. :class:`ClusterProbe` asks the cluster every
 few seconds whether it answers and whether the app's partitions have leaders, and
-reports to app/health.py.
+reports to app/engine/health.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app import health
+from app.engine import health
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ async def ensure_topics(
 
 class ClusterProbe:
     """Asks the cluster whether it answers and which of ``topics()``' partitions have no
-    leader; reports each answer to app/health.py (:meth:`run` once per tick)."""
+    leader; reports each answer to app/engine/health.py (:meth:`run` once per tick)."""
 
     TIMEOUT_S = 5.0
 

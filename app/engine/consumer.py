@@ -30,7 +30,7 @@ its committed offset. Everything else is Faust's code unchanged.
 conductor into a stream queue, wakes the agent, and tracks its ack; we measured that
 machinery alone capping a worker near 3.8k messages/s, and the app needs none of it for
 its own batch agents: they commit their input offsets in their own transactions
-(app/transaction.py), so Faust's ack and gap tracking only costs time (its gap tree
+(app/engine/transaction.py), so Faust's ack and gap tracking only costs time (its gap tree
 for a transactional topic is never trimmed, since Faust never commits, and grew with
 every batch). So the records of a *tapped* topic (see :func:`tap`) are not turned into
 messages: the handler registered for the topic gets, once per fetch, every record of
@@ -77,7 +77,7 @@ _consumer: GaplessConsumer | None = None
 def tap(topic: str, handler: BatchHandler, *, every_fetch: bool = False) -> None:
     """Deliver the records of ``topic`` to ``handler`` in batches instead of streams.
 
-    The topic must still be subscribed (``app.topics.add``); no stream sees its records.
+    The topic must still be subscribed (``app.engine.topics.add``); no stream sees its records.
     With ``every_fetch`` the handler is also called for a fetch that brought none of its
     records (with an empty mapping), e.g. to notice that a partition reached its end.
     """
@@ -260,7 +260,7 @@ class GaplessConsumer(AIOKafkaConsumer):
 
     async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, tuple[int, str] | None]:
         """The group's committed offset and its metadata for each of ``tps``, read from the
-        broker now, in one request (None: nothing committed). app/transaction.py asks
+        broker now, in one request (None: nothing committed). app/engine/transaction.py asks
         after replacing a producer."""
         thread: Any = self._thread
         consumer = thread._ensure_consumer()

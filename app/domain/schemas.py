@@ -2,7 +2,7 @@
 
 This module owns the schemas that ``GET /schemas`` serves and ``faust -A app inject
 --validate`` stands for. They are built, not written: the input schemas from the
-validator's own limits and choices in :mod:`app.events` (``MAX_ID_CHARS``,
+validator's own limits and choices in :mod:`app.domain.events` (``MAX_ID_CHARS``,
 ``MAX_QUANTITY``, ``MAX_UNIT_PRICE``, ``MIN_EVENT_TS``, ``MAX_TS``, the stock reasons),
 so a changed limit changes
 the schema with it; the output schemas from the field table below, which a test holds
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from app import events
+from app.domain import events
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ID_BASE: Final = "urn:stock-tracker:schema:"
 
 # The contract's bounds on unit_price and on the earliest event time, as the validator
-# (app/events.py) has them.
+# (app/domain/events.py) has them.
 MAX_UNIT_PRICE: Final[float | None] = events.MAX_UNIT_PRICE
 MIN_EVENT_TS: Final[float] = events.MIN_EVENT_TS
 

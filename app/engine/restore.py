@@ -14,7 +14,7 @@ partition is assigned (so a partition that gets no new input is still served rig
 after a restart or a takeover), or on demand when an agent needs it first. A restore
 that fails because the cluster does not answer is retried with backoff for as long as
 the partition stays assigned. The restorer also says which partitions unkeyed table
-reads cover (:func:`tables.base.owned_by`): those assigned here and restored.
+reads cover (:func:`app.engine.stores.owned_by`): those assigned here and restored.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 
-from app.faults import retriable
-from tables.base import items, owned_by, put_many
+from app.engine.faults import retriable
+from app.engine.stores import items, owned_by, put_many
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class OwnRestoreRecovery(Recovery):
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         # Seek the stream partitions to their committed offsets *before* they resume
-        # fetching, not after (app/consumer.py explains what the other order loses).
+        # fetching, not after (app/engine/consumer.py explains what the other order loses).
         consumer: Any = self.app.consumer
         with consumer.resumes_after_seek():
             await super().on_recovery_completed(generation_id)

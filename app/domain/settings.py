@@ -98,7 +98,7 @@ class Settings:
     """Most envelopes (batches of ingest) the tracker applies per transaction."""
     batch_window_s: float = 0.05
     """Longest the dead-letter feed waits to fill a batch (ingest and the tracker take
-    whatever a fetch brings, app/consumer.py)."""
+    whatever a fetch brings, app/engine/consumer.py)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

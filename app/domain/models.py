@@ -1,7 +1,7 @@
 """Typed records of the domain: validated input events, per-SKU state, rule outputs.
 
-This module owns the shapes only. Parsing raw messages lives in :mod:`app.events`,
-the rules that turn events into new state live in :mod:`app.rules.stock`, and the
+This module owns the shapes only. Parsing raw messages lives in :mod:`app.domain.events`,
+the rules that turn events into new state live in :mod:`app.domain.rules.stock`, and the
 JSON written to output topics is built where it is produced. The one serialisation
 kept here is :meth:`SkuState.to_dict` / :meth:`SkuState.from_dict`, because the
 state's storage format must round-trip exactly with the state itself.

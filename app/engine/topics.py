@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from app.main import app, settings
+from app.engine.instance import app, settings
 
 
 def _topic(name: str, **config: Any) -> Any:
@@ -63,13 +63,14 @@ def sku_partition(sku: str) -> int:
     return int(murmur2(sku.encode()) & 0x7FFFFFFF) % settings.topic_partitions
 
 
-partition_counts: dict[str, int] = {}
-"""Topic name -> partitions it has on the broker, learnt at start (app/admin.py)."""
+# Created at start when missing (StockTrackerApp.on_first_start), which also learns how
+# many partitions each has on the broker.
+app.own_topics.extend(ALL)
 
 
 def partitions_of(topic: Any) -> int:
     """Partitions of a declared topic: as found on the broker, else TOPIC_PARTITIONS."""
-    return partition_counts.get(topic.get_topic_name(), settings.topic_partitions)
+    return app.partition_counts.get(topic.get_topic_name(), settings.topic_partitions)
 
 
 def events_by_sku_partitions() -> int:

@@ -16,7 +16,7 @@ A commit that fails because of the cluster (a broker down, restarting or lost, n
 leader, a fenced producer) does not stop the worker: :func:`commit` replaces the
 transactional producer (the new one fences the old and ends its transaction) and writes
 the same batch again, with backoff, until it commits or its partition leaves the worker.
-It reports to app/health.py meanwhile, so ``/health`` says why nothing progresses.
+It reports to app/engine/health.py meanwhile, so ``/health`` says why nothing progresses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
@@ -33,14 +33,12 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsumerNotStarted
-from faust.transport.consumer import TransactionManager
-from faust.transport.drivers.aiokafka import Producer as AIOKafkaProducerDriver
 from faust.types import TP
 
-from app import health, metrics
-from app.faults import retriable
-from app.main import app
-from tables.base import LOCAL_PREFIX, put_many
+from app.engine import health, metrics
+from app.engine.faults import retriable
+from app.engine.instance import app
+from app.engine.stores import LOCAL_PREFIX, put_many
 
 MAX_RECORD_BYTES = 900 * 1024
 """Largest key + value a batch accepts for one record (output or table change): below
@@ -100,59 +98,12 @@ class Batch:
 
     def put(self, table: Any, key: bytes, value: bytes | None) -> None:
         """Stage a table change; raises :class:`RecordTooLarge` (nothing staged). A local
-        key (``tables.base.LOCAL_PREFIX``) goes to the store only, never to the changelog.
+        key (``app.engine.stores.LOCAL_PREFIX``) goes to the store only, never to the changelog.
         """
         size = len(key) + (0 if value is None else len(value))
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"table {getattr(table, 'name', table)}", size)
         self.table_writes[(table, key)] = value
-
-
-class BatchTransactionManager(TransactionManager):
-    """Faust's transaction manager, minus its own offset commits.
-
-    Every batch commits its offsets in its own transaction (:func:`commit`). Faust
-    would also commit the offsets of *acknowledged* messages (on rebalance, on stop),
-    and those lag a batch behind, so its commit could move a committed offset back
-    and make the next worker redo work. Producers per partition, fencing and
-    rebalancing stay Faust's.
-    """
-
-    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        return False
-
-
-class BatchProducer(AIOKafkaProducerDriver):
-    """Faust's aiokafka producer, retrying transactional requests after 20 ms, not 100.
-
-    A transaction that starts right after the previous one of its producer committed
-    often finds the coordinator still writing the commit markers and is told
-    CONCURRENT_TRANSACTIONS; aiokafka then waits its retry backoff. With the default
-    100 ms, a third of the ingest transactions waited that long (the Java client uses
-    20 ms for the same reason).
-    """
-
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "retry_backoff_ms": 20}
-
-    async def flush(self) -> None:
-        """Faust's flush (on stop and on every rebalance), minus waiting on the
-        transactional producers, and bounded.
-
-        Every record of a batch is awaited before its commit, so whatever a
-        transactional producer still holds belongs to a transaction that will not
-        commit; Faust's flush waited for it to be delivered, which with the broker gone
-        never happens (a SIGTERM during an outage hung there).
-        """
-        await self.buffer.flush()
-        if self._producer is not None:
-            try:
-                await asyncio.wait_for(self._producer.flush(), FLUSH_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("Producer flush gave up after %.0f s", FLUSH_TIMEOUT_S)
-
-
-FLUSH_TIMEOUT_S = 2.0
 
 
 def transactional_id(tp: TP) -> str:
@@ -532,6 +483,6 @@ async def _commit_plain(batch: Batch) -> None:
         await fut
     if batch.sources:
         # Faust commits only what its streams acknowledged, and the tapped topics
-        # (app/consumer.py) have no streams: their offsets are committed here.
+        # (app/engine/consumer.py) have no streams: their offsets are committed here.
         consumer: Any = app.consumer
         await consumer._commit(batch.sources)

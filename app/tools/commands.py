@@ -1,15 +1,15 @@
 """Custom commands of the app: ``inject`` (scripted input) and ``expect`` (what it must do).
 
-``faust -A app inject`` produces a scenario of :mod:`app.scenarios` (or replays a JSONL
+``faust -A app inject`` produces a scenario of :mod:`app.tools.scenarios` (or replays a JSONL
 file) to the ``orders`` and ``stock`` topics with a plain aiokafka producer, paced so
-that the results are deterministic (see the determinism rule in app/scenarios.py).
+that the results are deterministic (see the determinism rule in app/tools/scenarios.py).
 ``faust -A app expect`` computes, from the same stream, what a worker that read it on
 fresh topics must end up with, and with ``--check URL`` polls the worker's HTTP API
 until it does (exit 0) or a timeout passes (exit 1, with a table of mismatches).
 
 This module owns the command-line surface, the producer loop and the expected-results
-model; the arithmetic is the app's own (:mod:`app.rules.stock`,
-:mod:`app.rules.windows`, :mod:`app.events`), so ``expect`` is a tool for demos and
+model; the arithmetic is the app's own (:mod:`app.domain.rules.stock`,
+:mod:`app.domain.rules.windows`, :mod:`app.domain.events`), so ``expect`` is a tool for demos and
 smoke checks, not an independent test oracle. Bad arguments print one line
 ``<command>: error: ...`` on stderr and exit with code 2.
 
@@ -44,14 +44,14 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from faust.cli import option
 
-from app import scenarios as sc
-from app.events import format_ts
-from app.main import app, settings
-from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
-from app.rules import merge
-from app.rules import windows as w
-from app.rules.stock import apply_order, apply_stock
-from app.settings import Settings
+from app.domain.events import format_ts
+from app.domain.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.domain.rules import merge
+from app.domain.rules import windows as w
+from app.domain.rules.stock import apply_order, apply_stock
+from app.domain.settings import Settings
+from app.engine.instance import app, settings
+from app.tools import scenarios as sc
 
 # --- arguments ------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class InjectReport:
 
 
 PACE_MODES = ("auto", "sync", "gap", "none")
-"""What a barrier does (see the determinism rule in app/scenarios.py): ``sync`` waits
+"""What a barrier does (see the determinism rule in app/tools/scenarios.py): ``sync`` waits
 until the worker's consumer group (APP_ID) has read everything produced so far;
 ``gap`` sleeps ``--gap`` seconds, enough while the worker keeps up; ``auto`` syncs when
 the group has members (a worker runs) and sleeps otherwise; ``none`` sets no barriers
@@ -310,7 +310,7 @@ class Injector:
         return self.conf.topic_prefix + name
 
     async def run(self, events: Iterable[sc.Event]) -> InjectReport:
-        from app.admin import ensure_topics
+        from app.engine.admin import ensure_topics
 
         bootstrap = self.conf.broker_host_ports
         # Created here with TOPIC_PARTITIONS partitions (not by the broker's auto-create
@@ -493,7 +493,7 @@ def inject_summary(report: InjectReport, args: StreamArgs, conf: Settings) -> st
         metavar="MODE",
         default="auto",
         show_default=True,
-        help="Barriers (app/scenarios.py): auto, sync (wait for the worker), gap, none.",
+        help="Barriers (app/tools/scenarios.py): auto, sync (wait for the worker), gap, none.",
     ),
     option(
         "--gap", metavar="S", default="0.3", show_default=True, help="Pause (s) of a gap barrier."
@@ -715,7 +715,7 @@ def compute_expected(events: Iterable[sc.Event], conf: Settings, *, live: bool) 
 
     The events are taken as produced by ``inject``: keyed by SKU, so each lands in the
     input partition Kafka's default partitioner picks for its key, in production order
-    there; the valid ones are then applied sorted by merge key (app/rules/merge.py).
+    there; the valid ones are then applied sorted by merge key (app/domain/rules/merge.py).
     The duplicate memory is modelled per partition with the app's 24-hour horizon;
     where the app forgets ids at the end of a batch, this forgets them on lookup, so
     the two agree except for a duplicate arriving within one batch of the horizon.

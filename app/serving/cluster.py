@@ -21,9 +21,9 @@ import orjson
 from aiohttp import web as aioweb
 from faust.types import TP
 
-from app.main import app, settings
-from app.text import cut
-from app.topics import events_by_sku, sku_partition
+from app.domain.text import cut
+from app.engine.instance import app, settings
+from app.engine.topics import events_by_sku, sku_partition
 
 HOP_HEADER = "X-Stock-Tracker-Hop"
 """Marks a request one worker sent another: answer locally, do not route again."""

@@ -12,7 +12,7 @@ reconciled against the open supplier order, then the reorder rule runs.
 
 from __future__ import annotations
 
-from app.models import Order, OrderStatus, SkuState, StockMove, SupplierOrder
+from app.domain.models import Order, OrderStatus, SkuState, StockMove, SupplierOrder
 
 
 def apply_order(

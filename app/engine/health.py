@@ -1,8 +1,8 @@
 """Whether the worker can make progress: the one place ``/health`` reads it from.
 
-The engine modules report here what they see (app/transaction.py: commits failing and
-succeeding; app/admin.py's probe: the cluster unreachable, partitions without a leader;
-app/worker.py: the worker stopping), and :func:`degraded` turns it into the reason
+The engine modules report here what they see (app/engine/transaction.py: commits failing and
+succeeding; app/engine/admin.py's probe: the cluster unreachable, partitions without a leader;
+app/engine/worker.py: the worker stopping), and :func:`degraded` turns it into the reason
 ``/health`` gives with its 503, or None when nothing stands in the way. Pure state, no
 Faust and no Kafka, so the rules can be tested on their own.
 """

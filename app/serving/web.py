@@ -3,7 +3,7 @@
 Errors are JSON too: unknown things 404, malformed requests 400, each ``{"error": ...}``;
 the middleware turns anything unexpected into a JSON answer instead of a traceback.
 
-With several workers any worker answers any request (``app/cluster.py``): a request about
+With several workers any worker answers any request (``app/serving/cluster.py``): a request about
 a SKU goes to the worker that owns it, lists and counts are gathered from every worker
 and merged here, an order is looked up here first and then on the others.
 """
@@ -25,14 +25,18 @@ from aiohttp.web_server import Server
 from faust.exceptions import ConsumerNotStarted
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app import cluster, schemas, waiters
-from app import health as worker_health
-from app.cluster import PeerError
-from app.events import format_ts
-from app.main import app, settings
-from app.rules import windows as w
-from app.text import cut
-from app.topics import events_by_sku, sku_partition
+from agents import waiters
+from app.domain import schemas
+from app.domain.events import format_ts
+from app.domain.rules import windows as w
+from app.domain.text import cut
+from app.engine import health as worker_health
+from app.engine.instance import app, settings
+from app.engine.restore import unrestored
+from app.engine.stores import items, lookup
+from app.engine.topics import events_by_sku, sku_partition
+from app.serving import cluster
+from app.serving.cluster import PeerError
 from tables import (
     dead_letter_stats,
     order_status,
@@ -41,8 +45,6 @@ from tables import (
     supplier_orders,
     windows,
 )
-from tables.base import items, lookup
-from tables.restore import unrestored
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +279,7 @@ def assigned() -> set[Any]:
 @route("/health")
 async def health(web: Any, request: Any) -> aioweb.Response:
     # Never ok while stopping; degraded (with the reason) while the cluster or the commits
-    # stand in the way (app/health.py); ready once Faust's recovery is done and every
+    # stand in the way (app/engine/health.py); ready once Faust's recovery is done and every
     # assigned partition is restored.
     if app.should_stop or worker_health.state.stopping:
         return json_response({"status": "stopping"}, status=503)
@@ -389,7 +391,7 @@ async def wait_for_order(
     request: Any, order_id: str, wait: float, ask: list[str]
 ) -> aioweb.Response:
     """Wait up to ``wait`` seconds for the order here (woken by the commit that writes
-    it, app/waiters.py) and, in parallel, on the workers at ``ask`` (each waits the same
+    it, agents/waiters.py) and, in parallel, on the workers at ``ask`` (each waits the same
     way); answer with the first that finds it, 404 once all of them gave up."""
     key = order_id.encode()
     try:

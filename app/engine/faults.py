@@ -1,8 +1,8 @@
 """Failures of the cluster: which errors are its (wait and retry) and which the batch's
 (do not), and keeping the Kafka client's logs readable while a broker is gone.
 
-Shared by the modules that retry through broker outages (app/transaction.py,
-tables/restore.py); app/main.py installs the log filter.
+Shared by the modules that retry through broker outages (app/engine/transaction.py,
+app/engine/restore.py); app/main.py installs the log filter.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class OutageLogFilter(logging.Filter):
     the client recovers by itself. Here each kind of message (its logger and format
     string) is let through once per :data:`QUIET_WINDOW_S`, at WARNING, saying how many
     like it were held back; what the worker itself concludes is logged by
-    app/transaction.py and shown by ``/health``.
+    app/engine/transaction.py and shown by ``/health``.
     """
 
     def __init__(self, window_s: float = QUIET_WINDOW_S) -> None:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.settings import Settings
+from app.domain.settings import Settings
 
 
 class StartupError(Exception):

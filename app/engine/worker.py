@@ -1,7 +1,7 @@
 """The worker process: Faust's worker, with checks before it starts and a stop that always
 ends within seconds.
 
-Before anything starts, :func:`app.startup.preflight` checks DATA_DIR, WEB_PORT and
+Before anything starts, :func:`app.engine.startup.preflight` checks DATA_DIR, WEB_PORT and
 BROKER_URL: a failure is one line on stderr and exit code 2.
 
 SIGTERM (or SIGINT) marks the worker as stopping at once (``/health`` answers 503 from
@@ -23,8 +23,8 @@ from typing import Any
 
 import faust
 
-from app import health
-from app.startup import StartupError, preflight
+from app.engine import health
+from app.engine.startup import StartupError, preflight
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class StockTrackerWorker(faust.Worker):
     _deadline: threading.Timer | None = None
 
     def __init__(self, app: Any, *services: Any, **kwargs: Any) -> None:
-        from app.main import settings
+        from app.engine.instance import settings
 
         try:
             preflight(settings)

@@ -1,6 +1,6 @@
 """Scripted input for the stock tracker: deterministic scenario generators, pacing, JSONL.
 
-This module owns *what* the injector (``faust -A app inject``, app/commands.py) writes
+This module owns *what* the injector (``faust -A app inject``, app/tools/commands.py) writes
 and *when*, as pure code: no Kafka, no Faust, no clock. A scenario is an endless stream
 of :class:`Event` ``(topic, key, value, ts)`` in production order, drawn from one
 ``random.Random(seed)``: the same name, seed and options always give the same stream,
@@ -28,7 +28,7 @@ Scenarios (see :data:`RECIPES` for their numbers):
   minute 3 (and every 15 minutes after), their restock in two deliveries, and a few
   malformed messages, duplicates and late orders.
 
-The simulated shop keeps a mirror of the app's per-SKU state (:mod:`app.rules.stock`)
+The simulated shop keeps a mirror of the app's per-SKU state (:mod:`app.domain.rules.stock`)
 so that its suppliers deliver against the supplier orders the app will open.
 
 Determinism rule (why the injector paces its writes)
@@ -83,9 +83,9 @@ from typing import IO, Any, NamedTuple, TypeVar
 
 import orjson
 
-from app.events import InvalidEvent, format_ts, parse_order, parse_stock, parse_ts
-from app.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
-from app.rules.stock import apply_order, apply_stock
+from app.domain.events import InvalidEvent, format_ts, parse_order, parse_stock, parse_ts
+from app.domain.models import INITIAL, Order, SkuState, StockMove, SupplierOrder
+from app.domain.rules.stock import apply_order, apply_stock
 
 Value = dict[str, Any] | bytes | None
 """A message value: a JSON object, raw bytes (sent as they are), or None (a tombstone)."""
@@ -851,8 +851,8 @@ def check_jsonl(path: Path) -> Iterator[tuple[int, str | None]]:
 
     Yields (line number, problem) for every non-blank line: problem is None when the
     line is an event the worker accepts, else why the line cannot be read or why the
-    worker would dead-letter its value (the validator's own reason, app/events.py, of
-    which the published schemas are built, app/schemas.py). Raises ScenarioError only
+    worker would dead-letter its value (the validator's own reason, app/domain/events.py, of
+    which the published schemas are built, app/domain/schemas.py). Raises ScenarioError only
     when the file cannot be read.
     """
     try:

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from app.main import settings
+from app.engine.instance import settings
 
 
 class TooManyWaiting(Exception):

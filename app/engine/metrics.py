@@ -1,12 +1,14 @@
-"""Metrics: a tiny in-process Prometheus registry and ``GET /metrics`` (text format 0.0.4).
+"""Metrics: a tiny in-process Prometheus registry (text format 0.0.4) and the worker's metrics.
 
-This module owns every metric of the worker and their names. Two kinds:
+This module owns the registry and the metrics the engine and the agents update, and
+their names; app/serving/metrics.py adds the gauges only serving knows and renders
+``GET /metrics``. Two kinds:
 
 * updated on the hot path, once per batch: the input counter (agents/ingest.py calls
   :func:`count_input` once per fetch), the output counters, the dead-letter counter,
-  the batch latency histogram and the committed offsets (app/transaction.py calls
+  the batch latency histogram and the committed offsets (app/engine/transaction.py calls
   :func:`committed` after each successful commit);
-* read only when scraped: the ``/stats`` totals from the tables (:func:`app.web.totals`)
+* read only when scraped: the ``/stats`` totals from the tables (:func:`app.serving.web.totals`)
   and the consumer lag of every input partition assigned to this worker.
 
 Counters count in this process since it started (Prometheus handles restarts); the
@@ -22,11 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from aiohttp import web as aioweb
-
-from app import topics, waiters
-from app.main import app
-from app.web import route, totals
+from app.engine import topics
+from app.engine.instance import app
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,7 +52,7 @@ def _number(value: float) -> str:
     return repr(value)
 
 
-def _line(name: str, labels: Labels, value: float) -> str:
+def sample_line(name: str, labels: Labels, value: float) -> str:
     if not labels:
         return f"{name} {_number(value)}"
     inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
@@ -76,7 +75,7 @@ class Metric:
         yield f"# HELP {self.name} {_escape_help(self.help)}"
         yield f"# TYPE {self.name} {self.kind}"
         for suffix, labels, value in self.samples():
-            yield _line(self.name + suffix, labels, value)
+            yield sample_line(self.name + suffix, labels, value)
 
 
 class Counter(Metric):
@@ -215,7 +214,7 @@ def count_input(records: Mapping[Any, Sequence[Any]]) -> float | None:
     """Count one fetch of input records (aiokafka ``ConsumerRecord``) by topic.
 
     Returns the newest Kafka timestamp (epoch seconds), for
-    :attr:`app.transaction.Batch.newest_input_ts`.
+    :attr:`app.engine.transaction.Batch.newest_input_ts`.
     """
     newest_ms: int | None = None
     for tp, batch in records.items():
@@ -232,7 +231,7 @@ def committed(
     sources: dict[Any, int],
     newest_input_ts: float | None,
 ) -> None:
-    """Account for a batch whose commit just succeeded (called by app/transaction.py)."""
+    """Account for a batch whose commit just succeeded (called by app/engine/transaction.py)."""
     per_topic: dict[str, int] = {}
     for out in outputs:
         per_topic[out[0]] = per_topic.get(out[0], 0) + 1
@@ -252,35 +251,6 @@ def _dead_letter_topic() -> str:
 
 
 # --- read when scraped ---------------------------------------------------------------
-
-_TOTALS = (
-    ("processed", "stock_tracker_processed_events", "Valid, non-duplicate orders and stock moves"),
-    ("processed_orders", "stock_tracker_processed_orders", "Valid, non-duplicate orders"),
-    ("processed_stock_moves", "stock_tracker_processed_stock_moves", "Valid stock moves"),
-    ("dead_lettered", "stock_tracker_dead_lettered_events", "Rejected input messages"),
-    ("duplicates", "stock_tracker_duplicate_events", "Duplicate orders and stock moves"),
-    ("late", "stock_tracker_late_orders", "Orders that came after one of their windows closed"),
-    ("replays_skipped", "stock_tracker_replays_skipped", "Events skipped as already applied"),
-)
-
-
-class TableTotals(Metric):
-    """The ``/stats`` counts as gauges, one family each, from one read of the tables."""
-
-    kind = "gauge"
-
-    def __init__(self) -> None:
-        super().__init__("stock_tracker_table_totals", "")
-
-    def render(self) -> Iterator[str]:
-        values = totals()
-        for key, name, text in _TOTALS:
-            yield f"# HELP {name} {text}, summed over this worker's partitions (tables)."
-            yield f"# TYPE {name} gauge"
-            yield _line(name, (), values.get(key, 0))
-
-
-REGISTRY.register(TableTotals())
 
 
 def consumer_lag() -> list[tuple[Labels, float]]:
@@ -329,19 +299,3 @@ REGISTRY.register(
         consumer_lag,
     )
 )
-
-
-REGISTRY.register(
-    Gauge(
-        "stock_tracker_waiting_requests",
-        "GET /orders/{id}?wait=S requests waiting on this worker now (its own and those "
-        "other workers forwarded; at most MAX_WAITING_REQUESTS).",
-        lambda: [((), float(len(waiters.orders)))],
-    )
-)
-
-
-@route("/metrics")
-async def metrics_view(web: Any, request: Any) -> aioweb.Response:
-    """Every metric in the Prometheus text format (version 0.0.4)."""
-    return aioweb.Response(body=REGISTRY.render().encode(), headers={"Content-Type": CONTENT_TYPE})

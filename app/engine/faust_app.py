@@ -20,6 +20,7 @@ from app.domain.settings import Settings
 from app.engine.admin import ReplicationError, ensure_topics, replication_factor, wipe_local_tables
 from app.engine.consumer import GaplessConsumer
 from app.engine.producer import BatchProducer, BatchTransactionManager
+from app.engine.web_server import WebServer
 
 
 class StockTrackerApp(faust.App):
@@ -65,6 +66,9 @@ class StockTrackerApp(faust.App):
         transport.Producer = BatchProducer
         transport.TransactionManager = BatchTransactionManager
         return transport
+
+    def _new_web(self) -> Any:
+        return WebServer(self)
 
 
 def build_app(settings: Settings) -> StockTrackerApp:

@@ -22,6 +22,7 @@ from aiohttp import web as aioweb
 from faust.types import TP
 
 from app.domain.text import cut
+from app.engine.group import partition_urls, worker_urls
 from app.engine.instance import app, settings
 from app.engine.topics import events_by_sku, sku_partition
 
@@ -43,23 +44,17 @@ def is_forwarded(request: aioweb.Request) -> bool:
     return HOP_HEADER in request.headers
 
 
-def _assignor() -> Any:
-    return app.assignor
-
-
 def partition_owners() -> dict[int, str]:
     """Partition of the SKU-keyed topic -> URL of the worker that processes it."""
     topic = events_by_sku.get_topic_name()
     return {
-        tp.partition: url.rstrip("/")
-        for tp, url in _assignor()._external_tps_url.items()
-        if tp.topic == topic
+        tp.partition: url.rstrip("/") for tp, url in partition_urls().items() if tp.topic == topic
     }
 
 
 def workers() -> list[str]:
     """Every worker's URL in the current assignment (this one included), sorted."""
-    urls = {url.rstrip("/") for url in _assignor().external_topic_distribution}
+    urls = {url.rstrip("/") for url in worker_urls()}
     urls.add(self_url())
     return sorted(urls)
 
@@ -70,7 +65,7 @@ def owner_of(sku: str) -> str | None:
     Before the first assignment (or for a partition nobody holds yet) the answer is
     None too: this worker answers from what it has.
     """
-    url = _assignor()._external_tps_url.get(TP(events_by_sku.get_topic_name(), sku_partition(sku)))
+    url = partition_urls().get(TP(events_by_sku.get_topic_name(), sku_partition(sku)))
     if url is None or url.rstrip("/") == self_url():
         return None
     return str(url).rstrip("/")

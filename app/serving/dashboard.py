@@ -25,7 +25,8 @@ from app.domain.rules import windows as w
 from app.domain.text import cut
 from app.engine.instance import settings
 from app.engine.stores import items
-from app.serving.web import error, gathered, int_query, json_response, merged, route
+from app.engine.web_server import error, json_response
+from app.serving.web import gathered, int_query, merged, route
 from tables import windows
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -122,9 +122,8 @@ def stock_schema() -> dict[str, Any]:
             },
             "supplier_id": {
                 "type": ["string", "null"],
-                "minLength": 1,
                 "maxLength": events.MAX_ID_CHARS,
-                "description": "Who delivered (optional).",
+                "description": "Who delivered (optional; free text, may be empty).",
             },
             "ts": _event_time(),
         },

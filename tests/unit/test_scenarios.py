@@ -397,7 +397,7 @@ def test_write_jsonl_is_one_object_per_line() -> None:
 
 def test_expect_counts_duplicates_dead_letters_backorders_and_supplier_orders() -> None:
     from app.domain.settings import Settings
-    from app.tools.commands import compute_expected
+    from app.tools.expect import compute_expected
 
     events = [
         _move("A", "s1", ts=1795683599),  # level 5: a supplier order for 95 opens
@@ -422,7 +422,7 @@ def test_expect_applies_the_contracts_merge_order_not_the_production_order() -> 
     """Orders sort before stock moves of the same ts, and a stock move produced after
     an order but older than it is applied first."""
     from app.domain.settings import Settings
-    from app.tools.commands import compute_expected
+    from app.tools.expect import compute_expected
 
     t0 = 1795683600
     tie = compute_expected(
@@ -437,7 +437,7 @@ def test_expect_applies_the_contracts_merge_order_not_the_production_order() -> 
 
 def test_expect_windows_and_late_orders_follow_the_partition_stream_time() -> None:
     from app.domain.settings import Settings
-    from app.tools.commands import compute_expected, held_windows
+    from app.tools.expect import compute_expected, held_windows
 
     t0 = 1795683600  # a minute boundary
     events = [

@@ -40,7 +40,8 @@ from faust.types import TP
 from app.domain.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
 from app.domain.rules import dead_letters, merge
 from app.engine import metrics, topics
-from app.engine.consumer import Records, assigned_partitions, committed_metadata, read_to_end, tap
+from app.engine.batch_agents import batch_agent
+from app.engine.consumer import Records, assigned_partitions, committed_metadata, read_to_end
 from app.engine.instance import app, settings
 from app.engine.transaction import Batch, CommitAbandoned, commit, transactional_id
 
@@ -263,6 +264,13 @@ def unforeseen(record: Any, exc: Exception) -> str:
     return f"could not be processed: {type(exc).__name__}: {exc}"
 
 
+@batch_agent(
+    topics.orders,
+    topics.stock,
+    name="ingest",
+    help="orders + stock -> events-by-sku (valid, per SKU partition) or dead-letters",
+    every_fetch=True,
+)
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
     """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch at once.
 
@@ -308,8 +316,3 @@ def _forget_unassigned(assigned: Iterable[TP]) -> None:
 
 
 INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
-
-for _topic in (topics.orders, topics.stock):
-    # Subscribed without a stream: the consumer hands its records to ``ingest``.
-    app.topics.add(_topic)
-    tap(_topic.get_topic_name(), ingest, every_fetch=True)

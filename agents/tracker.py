@@ -56,7 +56,8 @@ from app.domain.rules import merge as m
 from app.domain.rules import windows as w
 from app.domain.rules.stock import apply_order, apply_stock
 from app.engine import metrics, topics
-from app.engine.consumer import Records, tap
+from app.engine.batch_agents import batch_agent
+from app.engine.consumer import Records
 from app.engine.instance import app, settings
 from app.engine.restore import Restorer
 from app.engine.stores import LOCAL_PREFIX, get, items, local_range, put_local
@@ -819,8 +820,14 @@ _tracker_lock = asyncio.Lock()
 """Held while a fetch is applied and committed, and by :func:`idle_tick`."""
 
 
+@batch_agent(
+    topics.events_by_sku,
+    name="tracker",
+    help="events-by-sku -> tables + order-status, stock-levels, supplier-orders, "
+    "expedites, window-results (the join, in event-time order)",
+)
 async def tracker(records: Records, current: Callable[[], bool]) -> None:
-    """The tap handler: queue the fetch for :func:`_run_tracker`.
+    """The batch agent: queue the fetch for :func:`_run_tracker`.
 
     The tracker does not run in the consumer's fetch loop: applying and committing
     thousands of events (or restoring a partition) would hold back ingest, which then
@@ -859,8 +866,3 @@ async def track(records: Records, current: Callable[[], bool]) -> None:
         forget_partitions({tp.partition for tp in records})
         return
     await asyncio.gather(*(track_partition(tp, recs, current) for tp, recs in records.items()))
-
-
-# Subscribed without a stream: the consumer hands its records to ``tracker``.
-app.topics.add(topics.events_by_sku)
-tap(topics.events_by_sku.get_topic_name(), tracker)

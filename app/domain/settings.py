@@ -2,7 +2,7 @@
 
 Every variable of the contract's settings section lives here with its default. A bad
 value raises :class:`SettingsError` whose message is one line naming the variable and
-what is allowed; ``app/main.py`` turns it into that one line on stderr and exit 2. A
+what is allowed; ``app/engine/instance.py`` turns it into that one line on stderr and exit 2. A
 variable set to the empty string is a bad value unless the setting's default is empty:
 ``REORDER_POINT=`` is a typo or an unset shell variable far more often than a wish for
 the default.

@@ -2,7 +2,7 @@
 (do not), and keeping the Kafka client's logs readable while a broker is gone.
 
 Shared by the modules that retry through broker outages (app/engine/transaction.py,
-app/engine/restore.py); app/main.py installs the log filter.
+app/engine/restore.py); app/engine/instance.py installs the log filter.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Before Faust starts anything (and before it would fail deep inside with a traceb
 the worker checks that DATA_DIR is a writable folder, that WEB_PORT can be bound, and
 that BROKER_URL accepts a connection within BROKER_WAIT_SECONDS. A failure is one line
 on stderr naming the cause and the setting, and exit code 2, like a bad setting
-(app/main.py). Only the ``worker`` command runs them: other commands (``inject``,
+(app/engine/worker.py). Only the ``worker`` command runs them: other commands (``inject``,
 ``expect``, ...) need neither the port nor the data folder.
 """
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-# Before anything imports app.main (which reads the settings once).
+# Before anything imports app.engine.instance (which reads the settings once).
 os.environ["STORE_URL"] = "memory://"
 os.environ.setdefault("TOPIC_PARTITIONS", "4")
 

@@ -18,13 +18,13 @@ os.environ.setdefault("TOPIC_PARTITIONS", "4")
 
 @pytest.fixture(autouse=True)
 def empty_tables() -> Iterator[None]:
-    from agents import tracker
+    from agents import partition_runtime, tracker
 
     def clear() -> None:
-        for table in tracker.TABLES:
+        for table in partition_runtime.TABLES:
             table.data.data.clear()
             table.data._key_partition.clear()
-        tracker._runtimes.clear()
+        tracker.runtimes.clear()
 
     clear()
     yield

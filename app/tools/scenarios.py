@@ -34,10 +34,14 @@ so that its suppliers deliver against the supplier orders the app will open.
 Determinism rule (why the injector paces its writes)
 ----------------------------------------------------
 Each topic keeps the order of one SKU's messages (they are keyed by SKU, so they share
-a partition). Between the two topics there is no order: the app's ingest agent reads
-``orders`` and ``stock`` side by side and regroups them by SKU (agents/ingest.py), so
-an order and a stock move of one SKU produced a few milliseconds apart may meet in
-either order, and the level, backorders and supplier orders depend on that order.
+a partition). Across the two topics the app applies events in event-time order (the
+join's merge, app/domain/rules/merge.py): whatever is on the broker when the worker
+reads it is applied in the contract's order, whatever the timing. Live, though, an
+input partition that is read to its end is not waited for, so a stock move produced
+a few milliseconds after an order of the same SKU, with an older ``ts``, can still be
+applied after it; the level, backorders and supplier orders depend on that order.
+Scenario events are produced in ``ts`` order, and the barriers below make sure the
+worker has read everything produced before the other topic's next message.
 
 Rule: when a SKU's next *effective* message (valid and not a duplicate) is on the other
 topic than its previous effective message, and that previous one was produced after

@@ -10,8 +10,8 @@ import pytest
 
 from tests.integration.harness import throwaway_broker
 
-# As tests/agents/conftest.py, before anything imports app.main (which reads the settings
-# once): some engine modules under test import the app.
+# As tests/agents/conftest.py, before anything imports app.engine.instance (which reads
+# the settings once), in case a module under test does.
 os.environ["STORE_URL"] = "memory://"
 os.environ.setdefault("TOPIC_PARTITIONS", "4")
 
@@ -32,7 +32,7 @@ def engine_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine consumer's module state (its batch taps, the worker's consumer), empty
     for the test and restored after it: a consumer a test builds must neither call the
     app's registered handlers nor stay the app's consumer."""
-    from app import consumer
+    from app.engine import consumer
 
     monkeypatch.setattr(consumer, "_taps", {})
     monkeypatch.setattr(consumer, "_every_fetch", set())

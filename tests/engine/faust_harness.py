@@ -130,7 +130,7 @@ async def committed_offset(bootstrap: str, group: str, tp: TP) -> int | None:
 async def commit_in_transaction(
     bootstrap: str, transactional_id: str, group: str, offsets: dict[TP, int]
 ) -> None:
-    """Commit ``offsets`` for ``group`` in a transaction of its own (as app/transaction.py
+    """Commit ``offsets`` for ``group`` in a transaction of its own (as app/engine/transaction.py
     commits a batch's input offsets), and wait until they are the group's."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
     await producer.start()

@@ -8,11 +8,11 @@ only with what Faust itself committed before (``Consumer._filter_committable_off
 ``_should_commit``); with ``exactly_once`` it does so through
 ``TransactionManager.commit``, which sends those offsets in a transaction of the
 partition's producer. The engine commits each batch's input offsets in the batch's own
-transaction (app/transaction.py), which Faust knows nothing about, so acknowledgements
+transaction (app/engine/transaction.py), which Faust knows nothing about, so acknowledgements
 that lag a batch behind make Faust commit an older offset over the batch's, and the
 partition's next owner redoes (or, for outputs already committed, duplicates) work.
 
-Ours: ``app/transaction.py``, ``BatchTransactionManager``: Faust's transaction manager
+Ours: ``app/engine/producer.py``, ``BatchTransactionManager``: Faust's transaction manager
 with ``commit`` doing nothing (producers per partition, fencing and rebalancing stay
 Faust's).
 """
@@ -26,8 +26,7 @@ from faust.transport.consumer import TransactionManager as FaustTransactionManag
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
-import app.main  # noqa: F401  (first: app.transaction cannot be loaded alone, issue 12)
-from app.transaction import BatchTransactionManager
+from app.engine.producer import BatchTransactionManager
 from tests.engine.faust_harness import (
     Drain,
     bare_app,
@@ -94,7 +93,7 @@ async def test_stock_faust_commits_its_lagging_offset_over_the_batchs(kafka: str
     committed = await stop_after_a_batch(FaustTransactionManager, kafka)
     assert committed == ACKED, upstream_fixed(
         "Faust's own offset commits lagging a batch (TransactionManager.commit)",
-        "app.transaction.BatchTransactionManager",
+        "app.engine.producer.BatchTransactionManager",
         f"committed offset {committed}",
     )
 

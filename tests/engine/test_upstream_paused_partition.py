@@ -9,7 +9,7 @@ assignment, ``Recovery`` the partitions it recovers), so the rest of a fetch tha
 being handed on is never read again, and the next offset committed for the partition
 passes it.
 
-Ours: ``app/consumer.py``, ``GaplessConsumer.getmany``: a partition whose records were
+Ours: ``app/engine/consumer.py``, ``GaplessConsumer.getmany``: a partition whose records were
 held back because it was not active is sought back to the first of them once the fetch
 is handed on (module docstring, item 1).
 """
@@ -22,7 +22,7 @@ import pytest
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
-from app.consumer import GaplessConsumer
+from app.engine.consumer import GaplessConsumer
 from tests.engine.faust_harness import (
     Drain,
     bare_app,
@@ -72,7 +72,7 @@ async def test_stock_faust_loses_the_rest_of_a_paused_fetch(kafka: str) -> None:
     seen = await hand_on_with_a_pause(FaustConsumer, kafka)
     assert seen == [0, RECORDS], upstream_fixed(
         "records of a paused partition dropped (Consumer.getmany)",
-        "app.consumer.GaplessConsumer's seek back to held-back records",
+        "app.engine.consumer.GaplessConsumer's seek back to held-back records",
         seen,
     )
 

@@ -9,7 +9,7 @@ transaction stays open until a producer of its id fences it, so everything commi
 after that transaction began (or, before any fetch, everything) is out of Faust's
 recovery, and a restarted worker starts from nothing or from stale values.
 
-Ours: ``tables/restore.py``, ``restore_partition`` (with ``_stable_end_offsets``): it
+Ours: ``app/engine/restore.py``, ``restore_partition`` (with ``_stable_end_offsets``): it
 waits until the read_committed end of every changelog partition equals its high
 watermark (no transaction open on it), then reads to that end; Faust's own pass is
 turned off (``OwnRestoreRecovery``).
@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaProducer
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
-from tables import restore
-from tables.base import items
+from app.engine import restore
+from app.engine.stores import items
 from tests.engine.faust_harness import (
     TIMEOUT_S,
     bare_app,
@@ -101,7 +101,7 @@ async def test_stock_faust_recovery_reads_the_changelog_as_empty(kafka: str) -> 
     assert highwaters[tp] == -1, upstream_fixed(
         "its recovery reading empty changelogs while a transaction is open "
         "(Recovery._build_highwaters)",
-        "tables.restore.OwnRestoreRecovery and restore_partition's wait",
+        "app.engine.restore.OwnRestoreRecovery and restore_partition's wait",
         f"highwater {highwaters[tp]}",
     )
 

@@ -9,7 +9,7 @@ position, and the records fetched again from there are dropped as below it (Faus
 ``DROPPED MESSAGE ROFF`` at dev level). Faust's recovery seeks the stream partitions to
 their committed offsets while the drain loop may still be handing on a fetch.
 
-Ours: ``app/consumer.py``, ``GaplessConsumer``: every seek marks its partition, a
+Ours: ``app/engine/consumer.py``, ``GaplessConsumer``: every seek marks its partition, a
 partition sought while its fetch is handed on gets none of the rest of that fetch, and
 its read offset is put back where the seek put it (module docstring, item 2); its
 ``seek_to_committed`` marks every partition as soon as the positions move. Shown for a
@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from faust.types import TP
 
-from app.consumer import GaplessConsumer
+from app.engine.consumer import GaplessConsumer
 from tests.engine.faust_harness import (
     Drain,
     bare_app,
@@ -93,7 +93,7 @@ async def test_stock_faust_drops_the_records_read_again_after_a_seek(kafka: str,
     stale = [*range(SOUGHT_AT + 1), *range(SOUGHT_AT + 1, RECORDS), RECORDS - 1, RECORDS]
     assert seen == stale, upstream_fixed(
         f"a stale batch delivered after a {how} (Consumer.getmany/_drain_messages)",
-        "app.consumer.GaplessConsumer's seek marks",
+        "app.engine.consumer.GaplessConsumer's seek marks",
         seen,
     )
 

@@ -26,7 +26,8 @@ class BatchTransactionManager(TransactionManager):
     would also commit the offsets of *acknowledged* messages (on rebalance, on stop),
     and those lag a batch behind, so its commit could move a committed offset back
     and make the next worker redo work. Producers per partition, fencing and
-    rebalancing stay Faust's.
+    rebalancing stay Faust's. (tests/engine/test_upstream_offset_commits.py shows it on
+    Faust's own manager.)
     """
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:

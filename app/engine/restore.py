@@ -251,7 +251,8 @@ class OwnRestoreRecovery(Recovery):
     after open transactions end), so Faust's pass would only cost time: after a SIGKILL
     it waits about ten seconds for records of the dead worker's aborted transaction.
     Everything else (pausing and resuming partitions, seeking to committed offsets,
-    the rebalance signals) stays Faust's.
+    the rebalance signals) stays Faust's. Faust's recovery reading a changelog as empty
+    is shown by tests/engine/test_upstream_recovery_open_transaction.py.
     """
 
     def need_recovery(self) -> bool:

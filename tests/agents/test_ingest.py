@@ -10,7 +10,7 @@ import pytest
 from faust.types import TP
 
 from agents import ingest
-from app import topics
+from app.engine import topics
 
 ORDERS = topics.orders.get_topic_name()
 STOCK = topics.stock.get_topic_name()

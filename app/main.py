@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -31,17 +30,10 @@ class StockTrackerApp(faust.App):
     """The Faust app, plus the start-up steps the contract needs before consuming."""
 
     async def on_first_start(self) -> None:
-        from app.admin import (
-            ReplicationError,
-            ensure_topics,
-            replication_factor,
-            wipe_local_tables,
-        )
+        from app.admin import ReplicationError, ensure_topics, replication_factor
         from app.topics import ALL, partition_counts
 
         await super().on_first_start()
-        if settings.processing_guarantee == "exactly_once":
-            wipe_local_tables(Path(self.conf.tabledir))
         try:
             replicas = await replication_factor(
                 settings.broker_host_ports, settings.replication_factor
@@ -119,9 +111,9 @@ app = StockTrackerApp(
     broker_heartbeat_interval=2.0,
     consumer_auto_offset_reset="earliest",
     table_cleanup_interval=1e9,
-    # Standby replicas would make a worker hold changelog partitions it does not
-    # process; with exactly-once every worker rebuilds its actives instead.
-    table_standby_replicas=0,
+    # Faust's assignor places the standbys (another worker than the active one); they
+    # are kept warm by tables/standby.py, not by Faust's recovery.
+    table_standby_replicas=settings.table_standby_replicas,
     # Tables are restored by tables/restore.py, not by Faust's recovery.
     TableManager="tables.restore:OwnRestoreTableManager",
     web_enabled=True,

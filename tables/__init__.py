@@ -12,6 +12,7 @@ from tables.order_status import order_status
 from tables.partition_state import partition_state
 from tables.seen_ids import seen_ids
 from tables.sku_state import sku_state
+from tables.standby import replicas as standby_replicas
 from tables.supplier_orders import supplier_orders
 from tables.windows import windows
 
@@ -21,6 +22,7 @@ __all__ = [
     "partition_state",
     "seen_ids",
     "sku_state",
+    "standby_replicas",
     "supplier_orders",
     "windows",
 ]

@@ -55,8 +55,8 @@ class Restored:
     """Changelog records applied (the tail only, where local state was reused)."""
     reused: list[str] = field(default_factory=list)
     """Tables whose local state was kept and replayed from its recorded position."""
-    rebuilt: dict[str, str] = field(default_factory=dict)
-    """Tables rebuilt from their changelog's start -> why the local state was not used."""
+    rebuilt: list[tuple[str, str]] = field(default_factory=list)
+    """(table, why its local state was not used) of those rebuilt from the start."""
 
     def describe(self) -> str:
         """``reused local state of 6 of 6 tables`` or which were rebuilt and why."""
@@ -65,7 +65,7 @@ class Restored:
         if self.reused:
             parts.append(f"reused local state of {len(self.reused)} of {total} tables")
         by_reason: dict[str, list[str]] = {}
-        for name, why in self.rebuilt.items():
+        for name, why in self.rebuilt:
             by_reason.setdefault(why, []).append(name)
         for why, names in sorted(by_reason.items()):
             parts.append(f"rebuilt {', '.join(sorted(names))}: {why}")
@@ -180,7 +180,7 @@ def start_offsets(
         )
         if offset is None:
             wipe_partition(table, partition)
-            done.rebuilt[table.name] = why
+            done.rebuilt.append((table.name, why))
             offset = beginning[tp]
         else:
             done.reused.append(table.name)

@@ -117,7 +117,12 @@ class StandbyReplicas:
                 return
             done = Restored()
             start = start_offsets(wanted, beginning, end, facts, done)
-            log.info("Standby replicas start (%s)", done.describe())
+            log.info(
+                "Standby replicas: %d resumed from their recorded positions, %d rebuilt%s",
+                len(done.reused),
+                len(done.rebuilt),
+                "".join(f"; {name}: {why}" for name, why in sorted(done.rebuilt)),
+            )
             reader.assign(tps)
             for tp, offset in start.items():
                 reader.seek(tp, offset)

@@ -228,9 +228,10 @@ async def restore_partition(
         names = sorted({tp.topic for tp in tps})
         await asyncio.gather(reader._client.set_topics(names), probe._client.set_topics(names))
         facts = await changelog_facts(bootstrap, names)
-        end, stable = await _stable_end_offsets(reader, probe, tps, stable_timeout_s)
-        # Whatever reaches the changelogs from now on is written after this.
+        # Whatever reaches the changelogs after the end offsets read next (a tombstone
+        # the store has not seen) is written after this.
         end_seen_at = time.time()
+        end, stable = await _stable_end_offsets(reader, probe, tps, stable_timeout_s)
         beginning = await reader.beginning_offsets(tps)
         done = Restored()
         start = start_offsets(by_tp, beginning, end, facts, done)

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app.checkpoint import Position
 from app.main import app, settings
 from tables.base import not_served
-from tables.restore import Restored, apply_fetched, changelog_facts, start_offsets
+from tables.restore import Restored, apply_fetched, changelog_facts, put_at, start_offsets
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,34 @@ class StandbyReplicas:
 
     def holds(self) -> set[TopicPartition]:
         return set(self._wanted)
+
+    async def _refresh(
+        self,
+        reader: AIOKafkaConsumer,
+        wanted: Mapping[TopicPartition, Any],
+        version: int,
+        asked_at: float,
+        cluster: str,
+    ) -> None:
+        """Record the position of every partition that is read to its end, with no
+        transaction open, as of ``asked_at`` less :data:`FETCH_AGE_MARGIN_S` (the
+        offsets that say so come from the consumer's latest fetch response, which the
+        background fetcher renews every half second while the broker answers).
+
+        The time recorded with a position is that of the last record applied; a
+        partition that gets no writes for a day would otherwise look too old to trust
+        (app/checkpoint.py) and be rebuilt at its takeover.
+        """
+        for tp, table in wanted.items():
+            stable, high = reader.last_stable_offset(tp), reader.highwater(tp)
+            if stable is None or stable != high:
+                continue
+            position = await reader.position(tp)
+            if self._version != version:
+                return
+            if position == stable:
+                as_of = asked_at - FETCH_AGE_MARGIN_S
+                put_at(table, tp.partition, [], Position(position, as_of, cluster, tp.topic))
 
     def partitions_of(self, table: Any) -> set[int]:
         """The partitions of ``table`` held here as standbys."""
@@ -126,7 +156,9 @@ class StandbyReplicas:
             reader.assign(tps)
             for tp, offset in start.items():
                 reader.seek(tp, offset)
+            next_refresh = time.monotonic() + REFRESH_S
             while self._version == version:
+                asked_at = time.time()
                 fetched = await reader.getmany(timeout_ms=500)
                 if self._version != version:
                     return
@@ -134,8 +166,16 @@ class StandbyReplicas:
                     table = wanted.get(tp)
                     if table is not None:
                         self.records += apply_fetched(table, tp.partition, records, facts.cluster)
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + REFRESH_S
+                    await self._refresh(reader, wanted, version, asked_at, facts.cluster)
         finally:
             await reader.stop()
+
+
+REFRESH_S = 60.0
+"""How often a caught-up standby partition records that it still is (see _refresh)."""
+FETCH_AGE_MARGIN_S = 300.0
 
 
 replicas = StandbyReplicas(settings.broker_host_ports)

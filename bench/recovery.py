@@ -59,7 +59,7 @@ def restore_figures(log: str) -> tuple[int, float]:
 PARTITIONS = 4  # TOPIC_PARTITIONS of the harness's workers
 RESTORED_AT = re.compile(
     r"^\[([0-9-]+ [0-9:]+),(\d+)\] .*Partition (\d+) restored from (\d+) changelog records "
-    r"in ([0-9.]+) s \((.*)\)",
+    r"in ([0-9.]+) s \((.*)\)(?:, then its in-memory state set up in ([0-9.]+) s)?",
     re.M,
 )
 SESSION_TIMEOUT_S = 10.0
@@ -131,17 +131,21 @@ def levels(url: str, skus: list[str], concurrency: int = 16) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def restores_since(log: str, since: float) -> list[tuple[float, int, int, float, str]]:
-    """(wall time, partition, records, seconds, how) of each restore line after ``since``."""
+Restore = tuple[float, int, int, float, str, float]
+
+
+def restores_since(log: str, since: float) -> list[Restore]:
+    """(wall time, partition, records, seconds, how, seconds to set up the in-memory
+    state afterwards) of each restore line logged after ``since``."""
     found = []
-    for day, ms, partition, n, took, how in RESTORED_AT.findall(log):
+    for day, ms, partition, n, took, how, setup in RESTORED_AT.findall(log):
         at = datetime.strptime(day, "%Y-%m-%d %H:%M:%S").timestamp() + int(ms) / 1000
         if at >= since:
-            found.append((at, int(partition), int(n), float(took), how))
+            found.append((at, int(partition), int(n), float(took), how, float(setup or 0)))
     return found
 
 
-def rate_line(what: str, found: list[tuple[float, int, int, float, str]]) -> str:
+def rate_line(what: str, found: list[Restore]) -> str:
     tracker = [f for f in found if "of 6 tables" in f[4] or "sku-state" in f[4]]
     records = sum(f[2] for f in tracker)
     longest = max((f[3] for f in tracker), default=0.0)
@@ -149,7 +153,8 @@ def rate_line(what: str, found: list[tuple[float, int, int, float, str]]) -> str
     how = sorted({f[4] for f in tracker})
     return (
         f"{what}: {records:,} changelog records, longest partition {longest:.2f} s -> "
-        f"{rate:,.0f} records/s ({'; '.join(how)})"
+        f"{rate:,.0f} records/s ({'; '.join(how)}); in-memory state set up in "
+        f"{sum(f[5] for f in tracker):.2f} s over all partitions, one after the other"
     )
 
 
@@ -203,7 +208,9 @@ def failover_and_rates(bootstrap: str, n: int) -> None:
             )
             print(
                 f"  the takeover replayed {replayed:,} changelog records "
-                f"({'; '.join(sorted({f[4] for f in found}))})"
+                f"({'; '.join(sorted({f[4] for f in found}))}); restores took "
+                f"{max((f[3] for f in found), default=0):.2f} s at most, setting up the "
+                f"in-memory state {sum(f[5] for f in found):.2f} s (blocking, one by one)"
             )
             everything = levels(survivor.url, skus)
             wrong = {k: v for k, v in everything.items() if v != 49}

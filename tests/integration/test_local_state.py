@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 T0 = 1_795_694_400.0
 TRACKER_TABLES = 6
 RESTORED = re.compile(
-    r"Partition (\d+) restored from (\d+) changelog records in [0-9.]+ s \((.*)\)[ \t]*$", re.M
+    r"Partition (\d+) restored from (\d+) changelog records in [0-9.]+ s "
+    r"\((.*)\)(?:, then .*)?[ \t]*$",
+    re.M,
 )
 
 

@@ -44,7 +44,7 @@ from aiokafka.partitioner import murmur2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.settings import Settings  # noqa: E402
+from app.domain.settings import Settings  # noqa: E402
 from tests.integration.harness import Worker, on_a_broker, produce, running_worker  # noqa: E402
 
 T0 = 1_795_694_400

@@ -1,5 +1,5 @@
 """Changelog positions in the stores: written with the data they reflect, never listed,
-never served from a standby (app/checkpoint.py, app/transaction.py, tables/restore.py)."""
+never served from a standby (app/engine/: checkpoint.py, transaction.py, restore.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.checkpoint import Position
-from app.main import settings
-from app.transaction import Batch, _changelog_records, _write_stores
-from tables import restore, sku_state
-from tables.base import LOCAL_PREFIX, get, items, lookup, not_served, put
+from app.engine import restore
+from app.engine.checkpoint import Position
+from app.engine.instance import settings
+from app.engine.stores import LOCAL_PREFIX, get, items, lookup, not_served, put
+from app.engine.transaction import Batch, _changelog_records, _write_stores
+from tables import sku_state
 
 TOPIC = sku_state.changelog_topic.get_topic_name()
 

@@ -1,5 +1,5 @@
-"""Local state that survives restarts, and warm standbys (app/checkpoint.py,
-tables/restore.py, tables/standby.py).
+"""Local state that survives restarts, and warm standbys (app/engine/checkpoint.py,
+app/engine/restore.py, app/engine/standby.py).
 
 Each test compares the worker's results with the oracle *and* reads the worker's own
 restore lines ("Partition N restored from R changelog records in S s (...)") to check

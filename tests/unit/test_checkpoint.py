@@ -1,10 +1,10 @@
-"""Whether a store's recorded changelog position is trusted (app/checkpoint.py)."""
+"""Whether a store's recorded changelog position is trusted (app/engine/checkpoint.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.checkpoint import RETENTION_MARGIN, Position, position_key, resume_from
+from app.engine.checkpoint import RETENTION_MARGIN, Position, position_key, resume_from
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
+from app.domain.settings import Settings
 from tests.integration.harness import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -106,7 +106,7 @@ def test_every_worker_keeps_its_state_dir_in_its_own_volume(compose: dict[str, A
 
 
 def test_the_readme_says_what_the_worker_volume_holds() -> None:
-    # Local state is kept and reused across restarts (app/checkpoint.py), and rebuilt
+    # Local state is kept and reused across restarts (app/engine/checkpoint.py), and rebuilt
     # from the changelogs when it is missing: the README says both, and that the
     # changelogs (in kafka-data) are what must be kept.
     readme = (REPO / "README.md").read_text()

@@ -4,9 +4,8 @@ Faust only declares topics that an agent consumes or a table logs to, so the out
 topics (and the inputs, when no producer has written yet) are created here, before the
 consumer subscribes, with ``TOPIC_PARTITIONS`` partitions and ``REPLICATION_FACTOR``
 replicas (:func:`replication_factor` picks the default from the cluster's size).
-:class:`ClusterProbe` asks the cluster every
-few seconds whether it answers and whether the app's partitions have leaders, and
-reports to app/engine/health.py.
+:class:`ClusterProbe` asks the cluster every few seconds whether it answers and whether
+the app's partitions have leaders, and reports to app/engine/health.py.
 """
 
 from __future__ import annotations

@@ -195,6 +195,12 @@ def test_a_standby_takes_over_with_only_a_tail_replayed(worker_factory: Any, kaf
     check_results(survivor, kafka, oracle, timeout_s=240)
 
     after = survivor.log_path.read_text(errors="replace")[cut:]
+    # The partitions the survivor kept across the rebalance are restored again, from
+    # their own stores: nothing is rebuilt.
+    kept = [r for r in tracker_restores(after) if r[0] not in taken]
+    assert sorted(p for p, _, _ in kept) == sorted(set(range(4)) - taken), kept
+    for _, _, how in kept:
+        assert how == f"reused local state of {TRACKER_TABLES} of {TRACKER_TABLES} tables", how
     found = [r for r in tracker_restores(after) if r[0] in taken]
     assert sorted(p for p, _, _ in found) == sorted(taken), found
     for _, _, how in found:

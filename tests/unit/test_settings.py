@@ -155,6 +155,8 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("FAILURE_DETECTION_SECONDS", "1801"),
         ("FAILURE_DETECTION_SECONDS", "nan"),
         ("FAILURE_DETECTION_SECONDS", "soon"),
+        ("TABLE_STANDBY_REPLICAS", "-1"),
+        ("TABLE_STANDBY_REPLICAS", "one"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
@@ -202,3 +204,10 @@ def test_membership_settings_are_parsed() -> None:
     assert s.heartbeat_seconds == 2.0
     assert Settings.from_env({"FAILURE_DETECTION_SECONDS": "1800"}).heartbeat_seconds == 2.0
     assert Settings.from_env({"WORKER_INSTANCE_ID": ""}).worker_instance_id == ""
+
+
+def test_one_standby_replica_by_default_and_none_on_request() -> None:
+    # With one worker there is no other worker to hold it (tables/standby.py).
+    assert Settings.from_env({}).table_standby_replicas == 1
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "0"}).table_standby_replicas == 0
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "2"}).table_standby_replicas == 2

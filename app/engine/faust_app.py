@@ -98,10 +98,14 @@ def build_app(settings: Settings) -> StockTrackerApp:
         # few thousand events waited on dozens of sequential round trips.
         producer_max_batch_size=512 * 1024,
         # A worker killed with SIGKILL never leaves the group; the broker notices after
-        # the session timeout, and a restarted worker waits that long in its first
-        # rebalance.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # the session timeout (FAILURE_DETECTION_SECONDS). With static membership
+        # (WORKER_INSTANCE_ID) a worker restarted within it takes its own place back at
+        # once; without, it waits that long in its first rebalance.
+        broker_session_timeout=settings.failure_detection_seconds,
+        broker_heartbeat_interval=settings.heartbeat_seconds,
+        consumer_group_instance_id=settings.worker_instance_id or None,
+        # Faust refuses a session timeout longer than the request timeout (default 90 s).
+        broker_request_timeout=max(90.0, settings.failure_detection_seconds),
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=1e9,
         # Faust's assignor places the standbys (another worker than the active one); they

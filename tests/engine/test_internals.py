@@ -30,6 +30,7 @@ import mode
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
 
 
@@ -81,6 +82,13 @@ INTERNALS = (
     Internal(faust.transport.consumer.Consumer, "_buffered_partitions", "consumer: getmany"),
     Internal(faust.transport.consumer.Consumer, "_to_message", "consumer: getmany"),
     Internal(faust.transport.consumer.Consumer, "_read_offset", "consumer: getmany"),
+    # app/engine/consumer.py: a static member leaves the group when it stops.
+    Internal(
+        faust_aiokafka.AIOKafkaConsumerThread, "_consumer", "consumer: FastFetchConsumerThread"
+    ),
+    Internal(GroupCoordinator, "_maybe_leave_group", "consumer: leave_group_when_closed"),
+    Internal(GroupCoordinator, "_group_instance_id", "consumer: leave_group_when_closed"),
+    Internal(GroupCoordinator, "_send_req", "consumer: leave_group_when_closed"),
     # app/engine/restore.py: Faust's recovery minus reading the changelogs.
     Internal(faust.tables.manager.TableManager, "_recovery", "restore: OwnRestoreTableManager"),
     Internal(faust.tables.recovery.Recovery, "_resume_streams", "restore: OwnRestoreRecovery"),

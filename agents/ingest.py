@@ -38,7 +38,15 @@ import orjson
 from faust.types import TP
 
 from app import metrics, topics
-from app.consumer import Records, assigned_partitions, committed_metadata, read_to_end, tap
+from app.consumer import (
+    Fetch,
+    FetchQueue,
+    Records,
+    assigned_partitions,
+    committed_metadata,
+    read_to_end,
+    tap,
+)
 from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
 from app.main import app, settings
 from app.rules import dead_letters, merge
@@ -264,24 +272,65 @@ def unforeseen(record: Any, exc: Exception) -> str:
 
 
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
-    """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch at once.
+    """The tap handler: queue the fetch (and every input partition's end) for
+    :func:`_run_ingest`.
 
     Called for every fetch, also one without records of these topics, so that an input
-    partition that reaches its end says so. One transaction per transactional
-    producer; they are independent, so they commit concurrently.
+    partition that reaches its end says so. Ingest does not commit in the consumer's
+    fetch loop: the tracker's envelopes come through that loop too, and while it waited
+    for an ingest commit, an envelope already committed waited for the *next* ingest
+    batch's commit before the tracker saw it (one whole ingest cycle per order).
+    ``read_to_end`` is read here, between two fetches, as it must be: the records it
+    covers are the ones queued.
     """
     generation = app.consumer_generation_id
     assigned = assigned_partitions(INPUTS)
-    _forget_unassigned(assigned)
     ends = read_to_end(assigned)
     if not records and all(
         (s := _sources.get(tp)) is not None and s.reported == (generation, ends[tp])
         for tp in assigned
     ):
         return  # the common idle case: nothing new
-    newest_ts = metrics.count_input(records) if records else None
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
+    await _fetches.put(Fetch(records, current, ends, generation))
+
+
+FETCHES_QUEUED = 4
+"""Most fetches waiting for ingest (the consumer's fetch loop waits when full)."""
+
+_fetches = FetchQueue(FETCHES_QUEUED)
+
+
+async def _run_ingest() -> None:
+    """Ingest every queued fetch in order, those queued meanwhile as one batch."""
+    while True:
+        fetch = await _fetches.take(settings.batch_size)
+        try:
+            await ingest_fetch(fetch.records, fetch.current, fetch.ends, fetch.generation)
+        except Exception as exc:
+            # What a failed batch committed is unknown: stop the worker; a restart
+            # resumes from the offsets committed with the last complete batch.
+            await app.crash(exc)
+            raise
+
+
+app.task(_run_ingest)
+
+
+async def ingest_fetch(
+    records: Records,
+    current: Callable[[], bool],
+    ends: Mapping[TP, bool],
+    generation: int,
+) -> None:
+    """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch (or
+    several queued ones) at once: one transaction per transactional producer; they are
+    independent, so they commit concurrently."""
+    _forget_unassigned(assigned_partitions(INPUTS))
+    if not current():
+        return  # a rebalance began: Faust seeks back to the committed offsets
+    newest_ts = metrics.count_input(records) if records else None
     pendings = build_batches(records, ends, generation)
     commits = []
     for pending in pendings.values():

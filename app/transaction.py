@@ -366,7 +366,9 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
     lock = producer._trn_locks.get(tid)
     if lock is None:
         lock = producer._trn_locks[tid] = asyncio.Lock()
+    waited_from = time.perf_counter()
     async with lock:
+        metrics.PRODUCER_WAIT.observe(time.perf_counter() - waited_from)
         txn = await _ready_producer(producer, tid)
         if retry and batch.sources and await _committed_already(batch):
             log.warning("An earlier attempt of the batch of %s had committed after all", tid)
@@ -381,8 +383,11 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
                 sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
             # aiokafka would commit a transaction even if one of its record batches
             # failed; every one must have been written first.
+            started = time.perf_counter()
             await asyncio.gather(*sent)
+            written = time.perf_counter()
             await txn.commit_transaction()
+            metrics.observe_commit(written - started, time.perf_counter() - written)
         except BaseException:
             # The open transaction may hold part of this batch (also when the task was
             # cancelled, e.g. the consumer's fetcher on shutdown), and the next commit on

@@ -154,6 +154,16 @@ async def run(
     return latencies, stages
 
 
+def cpu_seconds(worker: Worker) -> float:
+    """CPU time (user + system) the worker process used so far (Linux; 0 elsewhere)."""
+    try:
+        assert worker.proc is not None
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AssertionError, IndexError, ValueError):
+        return 0.0
+
+
 def percentiles(values: list[float]) -> str:
     values = sorted(values)
 
@@ -199,7 +209,9 @@ def main() -> None:
     def bench(bootstrap: str) -> None:
         with running_worker(bootstrap) as worker:
             load_before = os.getloadavg()[0]
+            cpu_before, wall_before = cpu_seconds(worker), time.monotonic()
             lat, stages = asyncio.run(run(worker, bootstrap, args.rate, args.seconds))
+            cpu_used, wall = cpu_seconds(worker) - cpu_before, time.monotonic() - wall_before
             load_after = os.getloadavg()[0]
             if not lat:
                 print("no order-status record read")
@@ -216,7 +228,7 @@ def main() -> None:
             print(
                 f"target p99 < {TARGET_P99_MS:g} ms: {met} "
                 f"(load average {load_before:.1f} before, {load_after:.1f} after, "
-                f"{os.cpu_count()} CPUs)"
+                f"{os.cpu_count()} CPUs); the worker used {cpu_used:.1f} CPU-s in {wall:.1f} s"
             )
             if stages[0]:
                 print(f"per stage, over {len(stages[0])} orders:")

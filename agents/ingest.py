@@ -50,7 +50,7 @@ from app.consumer import (
 from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
 from app.main import app, settings
 from app.rules import dead_letters, merge
-from app.transaction import Batch, CommitAbandoned, commit, transactional_id
+from app.transaction import Batch, CommitAbandoned, commit, own_producers, transactional_id
 
 ORDER = "o"
 STOCK = "s"
@@ -358,6 +358,8 @@ def _forget_unassigned(assigned: Iterable[TP]) -> None:
 
 INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
 
+# Ingest commits on producers of its own, side by side with the tracker's.
+own_producers(INPUTS)
 for _topic in (topics.orders, topics.stock):
     # Subscribed without a stream: the consumer hands its records to ``ingest``.
     app.topics.add(_topic)

@@ -121,6 +121,11 @@ class BatchTransactionManager(TransactionManager):
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         return False
 
+    def _tps_to_transactional_ids(self, tps: Any) -> set[str]:
+        # Faust starts and stops the producers of these ids at every rebalance, before
+        # the partitions are read: also those of own_producers topics.
+        return {transactional_id(TP(g.topic, g.partition)) for g in self._tps_to_active_tpgs(tps)}
+
 
 class BatchProducer(AIOKafkaProducerDriver):
     """Faust's aiokafka producer, retrying transactional requests after 20 ms, not 100.
@@ -156,9 +161,32 @@ FLUSH_TIMEOUT_S = 2.0
 
 
 def transactional_id(tp: TP) -> str:
-    """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""
+    """The id of the transactional producer that commits the batches of ``tp``: Faust's
+    ``<app id>-<topic group>-<partition>``, plus :data:`OWN_PRODUCER_SUFFIX` for a topic
+    of :func:`own_producers`."""
     group = app.assignor.group_for_topic(tp.topic)
-    return f"{app.conf.id}-{group}-{tp.partition}"
+    base = f"{app.conf.id}-{group}-{tp.partition}"
+    return base + OWN_PRODUCER_SUFFIX if tp.topic in _own_producer_topics else base
+
+
+OWN_PRODUCER_SUFFIX = "-in"
+
+_own_producer_topics: set[str] = set()
+
+
+def own_producers(topics: Iterable[str]) -> None:
+    """Batches of ``topics`` commit on transactional producers of their own.
+
+    Faust gives all co-partitioned topics one producer per partition number, so ingest
+    (``orders``/``stock`` partition p) and the tracker (the SKU-keyed partition p) took
+    turns on one producer: each waited for the other's commit, and a transaction that
+    starts right after another of its producer finds the coordinator still writing that
+    one's markers (CONCURRENT_TRANSACTIONS, retried after 20 ms). With their own ids the
+    two hops commit side by side. Fencing is unchanged: the ids are still one per
+    partition, started (InitProducerId, which fences a zombie and aborts its transaction)
+    and stopped by Faust at every rebalance (:class:`BatchTransactionManager`).
+    """
+    _own_producer_topics.update(topics)
 
 
 def can_commit(source: TP) -> bool:

@@ -407,7 +407,7 @@ def test_fenced_producers_are_replaced_not_fatal(worker_factory: Any, kafka: str
         oracle.apply("s", ev)
     wait_processed(worker, oracle.applied, 90)
     # Faust's ids are <app id>-<topic group>-<partition>; a few groups cover them all.
-    # Ingest's producers add "-in" (app/transaction.py: own_producers).
+    # Ingest's producers add "-in" (app/engine/producer.py: own_producers).
     ids = [
         f"{worker.app_id}-{group}-{p}{suffix}"
         for group in range(4)

@@ -53,6 +53,10 @@ class Settings:
     """Replicas of every topic the app creates (outputs, the SKU-keyed topic, changelogs,
     Faust's internal topics). Default (None): 3 when the cluster has 3 brokers or more,
     else 1; with 3 or more, the topics also get ``min.insync.replicas`` 2."""
+    table_standby_replicas: int = 1
+    """Other workers that keep a warm copy of each partition's tables, tailing its
+    changelogs, so a takeover replays only a tail (app/engine/standby.py). A worker never
+    holds a standby of a partition it processes: with one worker there is none."""
     store_url: str = "rocksdb://"
     """Table store: ``rocksdb://`` (on disk under DATA_DIR) or ``memory://``."""
     data_dir: Path = Path("data")
@@ -321,4 +325,5 @@ _MINIMUMS: dict[str, int] = {
     "window_grace_seconds": 0,
     "expedite_threshold": 0,
     "closed_window_retention_seconds": 0,
+    "table_standby_replicas": 0,
 }

@@ -47,6 +47,7 @@ INTERNALS = (
     Internal(faust.stores.rocksdb.Store, "_db_for_partition", "stores: get, put, put_many, items"),
     Internal(faust.stores.rocksdb.Store, "_key_index", "stores: put, put_many"),
     Internal(faust.stores.rocksdb.Store, "_get", "stores: lookup"),
+    Internal(faust.stores.rocksdb.Store, "_dbs", "stores: lookup (skipping standbys)"),
     Internal(faust.stores.rocksdb.Store, "_iteritems", "stores: items"),
     Internal(faust.stores.rocksdb.Store, "_visible_items", "stores: items"),
     Internal(faust.stores.memory.Store, "_key_partition", "stores: put, items, local_range"),
@@ -71,7 +72,7 @@ INTERNALS = (
     Internal(AIOKafkaConsumer, "_fetch_max_wait_ms", "consumer: FastFetchConsumerThread"),
     Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end"),
     Internal(AIOKafkaConsumer, "_coordinator", "consumer: seek_to_committed"),
-    Internal(AIOKafkaConsumer, "_client", "restore: restore_partition"),
+    Internal(AIOKafkaConsumer, "_client", "restore: restore_partition; standby: _tail"),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
     Internal(
         faust.transport.consumer.ThreadDelegateConsumer, "_thread", "consumer: GaplessConsumer"
@@ -83,6 +84,8 @@ INTERNALS = (
     # app/engine/restore.py: Faust's recovery minus reading the changelogs.
     Internal(faust.tables.manager.TableManager, "_recovery", "restore: OwnRestoreTableManager"),
     Internal(faust.tables.recovery.Recovery, "_resume_streams", "restore: OwnRestoreRecovery"),
+    # app/engine/restore.py: standby partitions handed to app/engine/standby.py.
+    Internal(faust.tables.manager.TableManager, "_changelogs", "restore: OwnRestoreRecovery"),
     # app/engine/web_server.py: JSON answers to what aiohttp's parser rejects.
     Internal(aiohttp.web_server.Server, "_loop", "web_server: _JsonErrorServer"),
     Internal(aiohttp.web_server.Server, "_kwargs", "web_server: _JsonErrorServer"),

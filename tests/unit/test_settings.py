@@ -148,6 +148,8 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("MAX_WAITING_REQUESTS", "0"),
         ("REPLICATION_FACTOR", "0"),
         ("REPLICATION_FACTOR", "three"),
+        ("TABLE_STANDBY_REPLICAS", "-1"),
+        ("TABLE_STANDBY_REPLICAS", "one"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
@@ -178,3 +180,10 @@ def test_replication_factor_defaults_to_the_clusters_size() -> None:
     # None: decided at start from the cluster (3 with 3 brokers or more, else 1).
     assert Settings.from_env({}).replication_factor is None
     assert Settings.from_env({"REPLICATION_FACTOR": "3"}).replication_factor == 3
+
+
+def test_one_standby_replica_by_default_and_none_on_request() -> None:
+    # With one worker there is no other worker to hold it (tables/standby.py).
+    assert Settings.from_env({}).table_standby_replicas == 1
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "0"}).table_standby_replicas == 0
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "2"}).table_standby_replicas == 2

@@ -43,8 +43,16 @@ from app.domain.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, p
 from app.domain.rules import dead_letters, merge
 from app.engine import metrics, topics
 from app.engine.batch_agents import batch_agent
-from app.engine.consumer import Records, assigned_partitions, committed_metadata, read_to_end
+from app.engine.consumer import (
+    Fetch,
+    FetchQueue,
+    Records,
+    assigned_partitions,
+    committed_metadata,
+    read_to_end,
+)
 from app.engine.instance import app, settings
+from app.engine.producer import own_producers
 from app.engine.transaction import Batch, CommitAbandoned, commit, transactional_id
 
 ORDER = "o"
@@ -302,25 +310,66 @@ def unforeseen(record: Any, exc: Exception) -> str:
     every_fetch=True,
 )
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
-    """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch at once.
+    """The tap handler: queue the fetch (and every input partition's end) for
+    :func:`_run_ingest`.
 
     Called for every fetch, also one without records of these topics, so that an input
-    partition that reaches its end says so. One transaction per transactional
-    producer; they are independent, so they commit concurrently.
+    partition that reaches its end says so. Ingest does not commit in the consumer's
+    fetch loop: the tracker's envelopes come through that loop too, and while it waited
+    for an ingest commit, an envelope already committed waited for the *next* ingest
+    batch's commit before the tracker saw it (one whole ingest cycle per order).
+    ``read_to_end`` is read here, between two fetches, as it must be: the records it
+    covers are the ones queued.
     """
     generation = app.consumer_generation_id
     assigned = assigned_partitions(INPUTS)
-    _forget_unassigned(assigned)
     ends = read_to_end(assigned)
     clock = time.monotonic()
     if not records and not any(
         has_news(_sources.get(tp), generation, ends[tp], clock) for tp in assigned
     ):
         return  # the common idle case: nothing new
-    newest_ts = metrics.count_input(records) if records else None
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
-    pendings = build_batches(records, ends, generation, clock)
+    await _fetches.put(Fetch(records, current, ends, generation))
+
+
+FETCHES_QUEUED = 4
+"""Most fetches waiting for ingest (the consumer's fetch loop waits when full)."""
+
+_fetches = FetchQueue(FETCHES_QUEUED)
+
+
+async def _run_ingest() -> None:
+    """Ingest every queued fetch in order, those queued meanwhile as one batch."""
+    while True:
+        fetch = await _fetches.take(settings.batch_size)
+        try:
+            await ingest_fetch(fetch.records, fetch.current, fetch.ends, fetch.generation)
+        except Exception as exc:
+            # What a failed batch committed is unknown: stop the worker; a restart
+            # resumes from the offsets committed with the last complete batch.
+            await app.crash(exc)
+            raise
+
+
+app.task(_run_ingest)
+
+
+async def ingest_fetch(
+    records: Records,
+    current: Callable[[], bool],
+    ends: Mapping[TP, bool],
+    generation: int,
+) -> None:
+    """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch (or
+    several queued ones) at once: one transaction per transactional producer; they are
+    independent, so they commit concurrently."""
+    _forget_unassigned(assigned_partitions(INPUTS))
+    if not current():
+        return  # a rebalance began: Faust seeks back to the committed offsets
+    newest_ts = metrics.count_input(records) if records else None
+    pendings = build_batches(records, ends, generation, time.monotonic())
     commits = []
     for pending in pendings.values():
         pending.batch.newest_input_ts = newest_ts
@@ -346,3 +395,6 @@ def _forget_unassigned(assigned: Iterable[TP]) -> None:
 
 
 INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
+
+# Ingest commits on producers of its own, side by side with the tracker's.
+own_producers(INPUTS)

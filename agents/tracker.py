@@ -59,7 +59,7 @@ from app.domain.rules import merge as m
 from app.domain.rules import windows as w
 from app.engine import metrics, topics
 from app.engine.batch_agents import batch_agent
-from app.engine.consumer import Records, end_offsets
+from app.engine.consumer import Fetch, FetchQueue, Records, end_offsets
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.transaction import Batch, CommitAbandoned, can_commit, commit
@@ -384,7 +384,7 @@ if settings.window_idle_close_seconds > 0:
 FETCHES_QUEUED = 4
 """Most fetches of envelopes waiting for the tracker (the consumer waits when full)."""
 
-_fetches: asyncio.Queue[tuple[Records, Callable[[], bool]]] = asyncio.Queue(FETCHES_QUEUED)
+_fetches = FetchQueue(FETCHES_QUEUED)
 _tracker_lock = asyncio.Lock()
 """Held while a fetch is applied and committed, and by :func:`idle_tick`."""
 
@@ -404,15 +404,17 @@ async def tracker(records: Records, current: Callable[[], bool]) -> None:
     order across the two topics). One task applies the queued fetches in order; each
     still checks ``current()`` before it applies anything.
     """
-    await _fetches.put((records, current))
+    await _fetches.put(Fetch(records, current))
 
 
 async def _run_tracker() -> None:
     while True:
-        records, current = await _fetches.get()
+        # Fetches queued during the last commit are applied as one (fewer, larger
+        # transactions when the tracker falls behind).
+        fetch = await _fetches.take(settings.batch_size)
         try:
             async with _tracker_lock:
-                await track(records, current)
+                await track(fetch.records, fetch.current)
         except Exception as exc:
             # What a failed batch applied is unknown: stop the worker; a restart
             # resumes from the offsets committed with the last complete batch.

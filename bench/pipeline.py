@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -73,6 +74,16 @@ async def bare_consume(bootstrap: str, topic: str, n: int) -> float:
         await consumer.stop()
 
 
+def cpu_seconds(worker: Worker) -> float:
+    """CPU time (user + system) the worker process used so far (Linux; 0 elsewhere)."""
+    try:
+        assert worker.proc is not None
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AssertionError, IndexError, ValueError):
+        return 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -116,8 +127,10 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
         worker.start()
         startup_s = time.perf_counter() - t
         t = time.perf_counter()
+        cpu_before = cpu_seconds(worker)
         worker.wait_for("/stats", lambda b: b["processed"] >= args.events, timeout_s=3600)
         pipeline_s = time.perf_counter() - t
+        cpu_s = cpu_seconds(worker) - cpu_before
         bare_rate, pipe_rate = args.events / bare_s, args.events / pipeline_s
         print(f"bare aiokafka + orjson : {bare_rate:10,.0f} events/s ({bare_s:.1f}s)")
         print(
@@ -125,6 +138,13 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
             f"start-up {startup_s:.1f}s not counted)"
         )
         print(f"ratio pipeline/bare    : {pipe_rate / bare_rate:.3f}")
+        if cpu_s > 0:
+            # On a shared machine events/s moves with the others' load; the worker's own
+            # CPU time much less.
+            print(
+                f"worker CPU time       : {cpu_s:.1f} CPU-s, "
+                f"{args.events / cpu_s:,.0f} events per CPU-second"
+            )
     finally:
         worker.stop()
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -62,6 +63,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.errors import KafkaError, for_code
@@ -130,6 +132,88 @@ def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
     if _consumer is None:
         return dict.fromkeys(tps, False)
     return _consumer.read_to_end(tps)
+
+
+@dataclass(slots=True)
+class Fetch:
+    """One fetch of a tapped topic, handed on by a handler to a task of its own."""
+
+    records: Records
+    current: Callable[[], bool]
+    """False once the records went stale (see :data:`BatchHandler`)."""
+    ends: Mapping[TP, bool] = field(default_factory=dict)
+    """:func:`read_to_end` as read when the fetch was handed on (ingest's reports)."""
+    generation: int = 0
+
+    def size(self) -> int:
+        return sum(len(batch) for batch in self.records.values())
+
+
+class FetchQueue:
+    """Fetches waiting for the task that applies and commits them (ingest, the tracker).
+
+    A handler that commits in the consumer's fetch loop holds back every other tapped
+    topic for as long as its commit takes; queueing the fetch lets the loop go on (the
+    tracker gets the envelopes of the previous ingest commit while the next one is in
+    flight). ``put`` waits while ``maxsize`` fetches wait (the fetch loop slows down to
+    the task's pace). ``take`` returns the oldest fetch merged with those queued behind it
+    (see :func:`merged`), up to ``most_records`` records: the task commits whatever
+    accumulated during its last commit in one transaction per producer, so under load it
+    commits fewer, larger batches instead of falling further behind.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Fetch] = deque()
+        self._changed = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, fetch: Fetch) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._items) < self.maxsize)
+            self._items.append(fetch)
+            self._changed.notify_all()
+
+    async def take(self, most_records: int) -> Fetch:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            taken = [self._items.popleft()]
+            n = taken[0].size()
+            while self._items and n + self._items[0].size() <= most_records:
+                n += self._items[0].size()
+                taken.append(self._items.popleft())
+            self._changed.notify_all()
+        return merged(taken)
+
+
+def merged(fetches: Sequence[Fetch]) -> Fetch:
+    """Consecutive fetches as one: each partition's records in offset order, the latest
+    ``ends``, ``current`` and generation.
+
+    Stale fetches (``current()`` False: a rebalance or a stop since; the consumer seeks
+    back to the committed offsets and fetches their records again) are dropped. Staleness
+    only grows with age (a generation never comes back), so they are the oldest ones; if
+    all are stale, the newest is returned, for its caller to see so. A record at or below
+    an offset already taken for its partition is left out (a re-fetch after a seek back).
+    """
+    live = [f for f in fetches if f.current()]
+    if len(live) <= 1:
+        return live[0] if live else fetches[-1]
+    records: dict[TP, list[Any]] = {}
+    ends: dict[TP, bool] = {}
+    for fetch in live:
+        for tp, batch in fetch.records.items():
+            got = records.get(tp)
+            if got is None:
+                records[tp] = list(batch)
+            else:
+                last = got[-1].offset if got else -1
+                got.extend(r for r in batch if r.offset > last)
+        ends.update(fetch.ends)
+    last_fetch = live[-1]
+    return Fetch(records, last_fetch.current, ends, last_fetch.generation)
 
 
 FETCH_MAX_WAIT_MS = 20

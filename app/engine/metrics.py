@@ -206,6 +206,37 @@ MERGE_WAIT = REGISTRY.register(
     )
 )
 
+PRODUCER_WAIT = REGISTRY.register(
+    Histogram(
+        "stock_tracker_producer_wait_seconds",
+        "Seconds a batch waited for its transactional producer (another batch of the same "
+        "producer committing: ingest and the tracker share one per partition number).",
+        (0.0005, 0.001, *LATENCY_BUCKETS),
+    )
+)
+COMMIT_WRITE = REGISTRY.register(
+    Histogram(
+        "stock_tracker_commit_write_seconds",
+        "Seconds from a transaction's first record to every record and its offsets "
+        "acknowledged (AddPartitionsToTxn, Produce, AddOffsetsToTxn, TxnOffsetCommit).",
+        (0.0005, 0.001, *LATENCY_BUCKETS),
+    )
+)
+COMMIT_END = REGISTRY.register(
+    Histogram(
+        "stock_tracker_commit_end_seconds",
+        "Seconds of a transaction's EndTxn (commit) request.",
+        (0.0005, 0.001, *LATENCY_BUCKETS),
+    )
+)
+
+
+def observe_commit(write_s: float, end_s: float) -> None:
+    """One transaction committed: how long its writes and its EndTxn took."""
+    COMMIT_WRITE.observe(write_s)
+    COMMIT_END.observe(end_s)
+
+
 _committed_offsets: dict[Any, int] = {}
 """Input partition (TP) -> next offset to read, as of the last committed batch."""
 

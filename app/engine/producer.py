@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.transport.consumer import TransactionManager
@@ -32,6 +32,40 @@ class BatchTransactionManager(TransactionManager):
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         return False
+
+    def _tps_to_transactional_ids(self, tps: Any) -> set[str]:
+        # Faust starts (InitProducerId: fencing) and stops the producers of these ids at
+        # every rebalance, before the partitions are read: also the own_producers ones.
+        return {
+            self.transactional_id_format.format(tpg=tpg, group_id=self.app.conf.id)
+            + producer_id_suffix(tpg.topic)
+            for tpg in self._tps_to_active_tpgs(tps)
+        }
+
+
+OWN_PRODUCER_SUFFIX = "-in"
+
+_own_producer_topics: set[str] = set()
+
+
+def own_producers(topics: Iterable[str]) -> None:
+    """Batches of ``topics`` commit on transactional producers of their own.
+
+    Faust gives all co-partitioned topics one producer per partition number, so ingest
+    (``orders``/``stock`` partition p) and the tracker (the SKU-keyed partition p) took
+    turns on one producer: each waited for the other's commit, and a transaction that
+    starts right after another of its producer finds the coordinator still writing that
+    one's markers (CONCURRENT_TRANSACTIONS, retried after 20 ms). With ids of their own
+    (:data:`OWN_PRODUCER_SUFFIX` appended) the two hops commit side by side. Fencing is
+    unchanged: the ids are still one per partition, started (InitProducerId, which
+    fences a zombie and aborts its transaction) and stopped by Faust at every rebalance.
+    """
+    _own_producer_topics.update(topics)
+
+
+def producer_id_suffix(topic: str) -> str:
+    """What the transactional id of ``topic``'s batches has after Faust's id."""
+    return OWN_PRODUCER_SUFFIX if topic in _own_producer_topics else ""
 
 
 class BatchProducer(AIOKafkaProducerDriver):

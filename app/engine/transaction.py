@@ -39,6 +39,7 @@ from app.engine import health, metrics
 from app.engine.checkpoint import Position, position_key
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
+from app.engine.producer import producer_id_suffix
 from app.engine.restore import known_cluster_id
 from app.engine.stores import LOCAL_PREFIX, put_many
 
@@ -112,9 +113,11 @@ class Batch:
 
 
 def transactional_id(tp: TP) -> str:
-    """The id Faust gives the producer that owns ``tp`` (see faust TransactionManager)."""
+    """The id of the transactional producer that commits the batches of ``tp``: Faust's
+    ``<app id>-<topic group>-<partition>``, plus a suffix for a topic of
+    :func:`app.engine.producer.own_producers` (as BatchTransactionManager starts them)."""
     group = app.assignor.group_for_topic(tp.topic)
-    return f"{app.conf.id}-{group}-{tp.partition}"
+    return f"{app.conf.id}-{group}-{tp.partition}{producer_id_suffix(tp.topic)}"
 
 
 def can_commit(source: TP) -> bool:
@@ -343,7 +346,9 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
     lock = producer._trn_locks.get(tid)
     if lock is None:
         lock = producer._trn_locks[tid] = asyncio.Lock()
+    waited_from = time.perf_counter()
     async with lock:
+        metrics.PRODUCER_WAIT.observe(time.perf_counter() - waited_from)
         txn = await _ready_producer(producer, tid)
         if retry and batch.sources and await _committed_already(batch):
             log.warning("An earlier attempt of the batch of %s had committed after all", tid)
@@ -361,8 +366,11 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
                 sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
             # aiokafka would commit a transaction even if one of its record batches
             # failed; every one must have been written first.
+            started = time.perf_counter()
             answers = await asyncio.gather(*sent)
+            written = time.perf_counter()
             await txn.commit_transaction()
+            metrics.observe_commit(written - started, time.perf_counter() - written)
             batch.written_upto = _written_upto(placed, answers)
         except BaseException:
             # The open transaction may hold part of this batch (also when the task was

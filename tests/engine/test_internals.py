@@ -67,6 +67,16 @@ INTERNALS = (
     # app/engine/producer.py
     Internal(faust_aiokafka.Producer, "_settings_extra", "producer: BatchProducer"),
     Internal(faust_aiokafka.Producer, "_producer", "producer: BatchProducer.flush"),
+    Internal(
+        faust.transport.consumer.TransactionManager,
+        "_tps_to_transactional_ids",
+        "producer: BatchTransactionManager (own_producers ids)",
+    ),
+    Internal(
+        faust.transport.consumer.TransactionManager,
+        "_tps_to_active_tpgs",
+        "producer: BatchTransactionManager._tps_to_transactional_ids",
+    ),
     # app/engine/consumer.py: the gapless consumer and the batch tap.
     Internal(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", "consumer"),
     Internal(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", "consumer"),

@@ -407,7 +407,13 @@ def test_fenced_producers_are_replaced_not_fatal(worker_factory: Any, kafka: str
         oracle.apply("s", ev)
     wait_processed(worker, oracle.applied, 90)
     # Faust's ids are <app id>-<topic group>-<partition>; a few groups cover them all.
-    ids = [f"{worker.app_id}-{group}-{p}" for group in range(4) for p in range(4)]
+    # Ingest's producers add "-in" (app/engine/producer.py: own_producers).
+    ids = [
+        f"{worker.app_id}-{group}-{p}{suffix}"
+        for group in range(4)
+        for p in range(4)
+        for suffix in ("", "-in")
+    ]
     assert asyncio.run(_fence(kafka, ids)) == len(ids)
     produce(kafka, worker.topic("orders"), stream, key=by_sku)
     for ev in stream:

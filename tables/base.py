@@ -9,8 +9,11 @@ Values are orjson documents, parsed by the caller once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from rocksdict import WriteBatch
 
@@ -19,20 +22,89 @@ from app.main import app, settings
 ROCKSDB_OPTIONS = {
     "write_buffer_size": 4 * 1024**2,
     "max_write_buffer_number": 2,
-    "block_cache_size": 4 * 1024**2,
 }
-"""Per RocksDB instance (one per table per partition: 6 x TOPIC_PARTITIONS of them).
+"""Per RocksDB instance (one per table per partition: 7 x TOPIC_PARTITIONS of them): at
+most two 4 MiB memtables each, and all of them together within the worker's shared
+budget (see :func:`shared_rocksdb_memory`)."""
 
-Faust's defaults are three 64 MiB memtables and a 2 GiB block cache *each*, so a
-worker's memory grew with every order it stored until those filled (about 1 KB per
-order, measured up to 1M orders). These bound it at about 12 MiB per instance; the
-data itself stays on disk.
-"""
+
+@dataclass(frozen=True, slots=True)
+class SharedMemory:
+    """The one block cache and write buffer manager of every RocksDB store of a worker."""
+
+    cache: rocksdict.Cache
+    write_buffers: rocksdict.WriteBufferManager
+    budget: int
+    """STORE_MEMORY_MB in bytes: what the cache holds at most (memtables included)."""
+
+
+_shared_memory: SharedMemory | None = None
+
+
+def shared_rocksdb_memory() -> SharedMemory:
+    """The worker's RocksDB memory, shared by every store (built on first use).
+
+    One LRU cache of STORE_MEMORY_MB holds the data blocks *and* the index and filter
+    blocks of every store, and the memtables are charged to it too (RocksDB's write
+    buffer manager with a cache), flushing when they pass half of it. Per instance,
+    Faust's options gave each store its own cache (2 GiB by default, then 4 MiB here)
+    and kept every SST file's index and bloom filter in memory outside any cache, so
+    memory grew with the number of stores (tables x partitions) and with the data on
+    disk (about 1.5 bytes of filter per key). Now it is bounded by the budget whatever
+    the partitions and the orders, and state larger than RAM only costs reads from disk.
+    """
+    global _shared_memory
+    if _shared_memory is None:
+        budget = settings.store_memory_mb * 1024**2
+        cache = rocksdict.Cache(budget)
+        _shared_memory = SharedMemory(
+            cache=cache,
+            write_buffers=rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+                budget // 2, False, cache
+            ),
+            budget=budget,
+        )
+    return _shared_memory
+
+
+class SharedMemoryOptions(RocksDBOptions):
+    """Faust's RocksDB options (rocksdict driver) on the worker's shared memory."""
+
+    def as_options(self) -> rocksdict.Options:
+        shared = shared_rocksdb_memory()
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(-1 if self.max_open_files is None else self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(shared.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_block_cache(shared.cache)
+        # Index and filter blocks in the cache (bounded) rather than beside it (growing
+        # with the data); level 0's stay pinned, as they are read on every lookup.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+def share_store_memory(table: Any) -> None:
+    """Open ``table``'s RocksDB stores on the worker's shared memory (no-op for memory://).
+
+    Faust builds each store's options itself from ``options=`` and has no hook for a
+    shared cache, so the store's options object is replaced before any store opens.
+    """
+    store = table.data
+    if isinstance(store, RocksDBStore) and store.use_rocksdict:
+        store.rocksdb_options = SharedMemoryOptions(**ROCKSDB_OPTIONS, use_rocksdict=True)
 
 
 def raw_table(name: str, help: str) -> Any:
     """A Table with bytes keys and values, co-partitioned with the SKU-keyed topic."""
-    return app.Table(
+    table = app.Table(
         name,
         options=dict(ROCKSDB_OPTIONS),
         # bytes types select Faust's "raw" codec for the store and the changelog.
@@ -41,6 +113,8 @@ def raw_table(name: str, help: str) -> Any:
         partitions=settings.topic_partitions,
         help=help,
     )
+    share_store_memory(table)
+    return table
 
 
 def get(table: Any, key: bytes, partition: int) -> bytes | None:

@@ -55,23 +55,30 @@ def shared_rocksdb_memory() -> SharedMemory:
     """
     global _shared_memory
     if _shared_memory is None:
-        budget = settings.store_memory_mb * 1024**2
-        cache = rocksdict.Cache(budget)
-        _shared_memory = SharedMemory(
-            cache=cache,
-            write_buffers=rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
-                budget // 2, False, cache
-            ),
-            budget=budget,
-        )
+        _shared_memory = new_shared_memory(settings.store_memory_mb * 1024**2)
     return _shared_memory
+
+
+def new_shared_memory(budget: int) -> SharedMemory:
+    """A cache of ``budget`` bytes, with memtables charged to it up to half of it."""
+    cache = rocksdict.Cache(budget)
+    return SharedMemory(
+        cache=cache,
+        write_buffers=rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            budget // 2, False, cache
+        ),
+        budget=budget,
+    )
 
 
 class SharedMemoryOptions(RocksDBOptions):
     """Faust's RocksDB options (rocksdict driver) on the worker's shared memory."""
 
+    memory: SharedMemory | None = None
+    """The memory to use; None: the worker's (:func:`shared_rocksdb_memory`)."""
+
     def as_options(self) -> rocksdict.Options:
-        shared = shared_rocksdb_memory()
+        shared = self.memory or shared_rocksdb_memory()
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_max_open_files(-1 if self.max_open_files is None else self.max_open_files)

@@ -95,6 +95,12 @@ def main() -> None:
     parser.add_argument("--extrapolate", type=int, default=10_000_000)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--broker-dir", default=None, help="log dirs of --bootstrap's broker")
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="after each step, also print RSS after glibc's malloc_trim(0) in the worker "
+        "(memory freed but held by the allocator); changes later steps' RSS",
+    )
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     rows: list[tuple[int, float, float, float]] = []
@@ -105,6 +111,8 @@ def main() -> None:
             "PYTHONPATH": f"{REPO / 'bench' / 'memprobe'}:{REPO}",
             "MEMPROBE_DIR": str(probe_dir),
         }
+        if args.trim:
+            env["MEMPROBE_TRIM"] = "1"
         with running_worker(bootstrap, **env) as worker:
             assert worker.proc is not None
             pid = worker.proc.pid
@@ -137,6 +145,12 @@ def main() -> None:
                     f"{caught_up:.0f} s after the last write",
                     flush=True,
                 )
+                if "rss_kb_after_trim" in seen:
+                    print(
+                        f"   RSS {seen['rss_kb_before_trim'] / 1024:.0f} MB, after "
+                        f"malloc_trim(0) {seen['rss_kb_after_trim'] / 1024:.0f} MB",
+                        flush=True,
+                    )
                 now = seen.get("types", {})
                 print(f"   objects grown: {grown(counts, now)}", flush=True)
                 per_key = {k: v for k, v in sizes.items() if not k.startswith("rocksdb")}

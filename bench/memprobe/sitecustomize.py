@@ -9,6 +9,7 @@ deletes the request. Benchmark tooling only: the app does not import it.
 from __future__ import annotations
 
 import collections
+import ctypes
 import gc
 import json
 import os
@@ -48,8 +49,30 @@ def _snapshot() -> dict[str, object]:
     orders = getattr(waiters, "orders", None)
     if orders is not None:
         sizes["waiters.orders"] = len(getattr(orders, "_by_key", {}))
+    props = collections.Counter[str]()
+    for name in ("seen_ids", "order_status", "sku_state", "windows", "supplier_orders"):
+        store = getattr(getattr(tables, name, None), "_data", None)
+        for db in (getattr(store, "_dbs", None) or {}).values():
+            for prop in ("estimate-table-readers-mem", "cur-size-all-mem-tables"):
+                value = db.property_int_value(f"rocksdb.{prop}")
+                props[prop] += value or 0
+    sizes.update({f"rocksdb.{k}": v for k, v in props.items()})
+    sizes["python_allocated_blocks"] = sys.getallocatedblocks()
     out["sizes"] = sizes
+    if os.environ.get("MEMPROBE_TRIM"):
+        # How much of the RSS is memory the allocator holds but nobody uses: give it
+        # back (glibc) and let the bench read RSS again.
+        out["rss_kb_before_trim"] = _rss_kb()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        out["rss_kb_after_trim"] = _rss_kb()
     return out
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _watch(directory: Path) -> None:

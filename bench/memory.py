@@ -96,6 +96,13 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--broker-dir", default=None, help="log dirs of --bootstrap's broker")
     parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the worker (e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
+    parser.add_argument(
         "--trim",
         action="store_true",
         help="after each step, also print RSS after glibc's malloc_trim(0) in the worker "
@@ -113,6 +120,7 @@ def main() -> None:
         }
         if args.trim:
             env["MEMPROBE_TRIM"] = "1"
+        env.update(item.split("=", 1) for item in args.worker_env)
         with running_worker(bootstrap, **env) as worker:
             assert worker.proc is not None
             pid = worker.proc.pid

@@ -400,6 +400,7 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
             summarise_profile(profile)
     finally:
         worker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ from typing import Any
 
 import orjson
 
-from app import topics
-from app.events import format_ts
-from app.main import app, settings
-from app.rules.dead_letters import count_dead_letter, empty_summary
-from app.transaction import Batch, CommitAbandoned, commit
+from app.domain.events import format_ts
+from app.domain.rules.dead_letters import count_dead_letter, empty_summary
+from app.engine import topics
+from app.engine.instance import app, settings
+from app.engine.restore import Restorer
+from app.engine.stores import get
+from app.engine.transaction import Batch, CommitAbandoned, commit
 from tables import dead_letter_stats
-from tables.base import get
-from tables.restore import Restorer
 
 restorer = Restorer(
     topics.dead_letters.get_topic_name(), (dead_letter_stats,), settings.broker_host_ports

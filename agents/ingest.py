@@ -4,7 +4,7 @@ This is the first half of the join. Input keys are ignored (the contract lets pr
 key messages any way); every valid event is routed by the hash of its SKU to the
 partition of the internal ``<app>-events-by-sku`` topic that owns the SKU, so both
 streams of one SKU meet in one place (agents/tracker.py), which applies them in the
-contract's merge order (app/rules/merge.py).
+contract's merge order (app/domain/rules/merge.py).
 
 Events travel in envelopes: one message per (transactional producer, SKU partition) per
 batch, ``{"r": rows, "m": reports}``. A row is an event in compact form (see
@@ -20,7 +20,7 @@ rebalance) gives each event the same key.
 
 Ingest is not a Faust agent: it sees every raw input message, and Faust's per-message
 machinery (Message objects, conductor, stream queues, acks) alone capped it near 3.8k
-messages/s. The consumer's batch tap (app/consumer.py) hands it each fetch as lists of
+messages/s. The consumer's batch tap (app/engine/consumer.py) hands it each fetch as lists of
 raw records per partition instead, and also a fetch without any (so a partition that
 reached its end can say so); it commits the input offsets itself, in the transaction
 that writes the envelopes.
@@ -37,12 +37,13 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from app import metrics, topics
-from app.consumer import Records, assigned_partitions, committed_metadata, read_to_end, tap
-from app.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
-from app.main import app, settings
-from app.rules import dead_letters, merge
-from app.transaction import Batch, CommitAbandoned, commit, transactional_id
+from app.domain.events import DEFAULT_MAX_FUTURE_S, InvalidEvent, parse_order, parse_stock
+from app.domain.rules import dead_letters, merge
+from app.engine import metrics, topics
+from app.engine.batch_agents import batch_agent
+from app.engine.consumer import Records, assigned_partitions, committed_metadata, read_to_end
+from app.engine.instance import app, settings
+from app.engine.transaction import Batch, CommitAbandoned, commit, transactional_id
 
 ORDER = "o"
 STOCK = "s"
@@ -57,7 +58,7 @@ def envelope_row(
 ) -> tuple[str, list[Any]]:
     """Parse one input message (an order, else a stock move) into (sku, compact row).
 
-    ``now``: the worker's clock, for the bound on ``ts`` (app/events.py). Raises
+    ``now``: the worker's clock, for the bound on ``ts`` (app/domain/events.py). Raises
     InvalidEvent.
     """
     if is_order:
@@ -78,7 +79,7 @@ def envelope_row(
 
 def dead_letter(message: Any, error: str) -> bytes:
     """The ``dead-letters`` value for a rejected message (a record or a Faust message),
-    bounded in size (app/rules/dead_letters.py)."""
+    bounded in size (app/domain/rules/dead_letters.py)."""
     return dead_letters.dead_letter(
         message.topic, message.partition, message.offset, message.key, message.value, error
     )
@@ -96,7 +97,7 @@ def envelopes(rows: list[list[Any]], marks: list[list[Any]]) -> list[bytes]:
     """``rows`` as envelopes ``{"r": rows, "m": reports}`` of at most ENVELOPE_ROWS rows
     and ENVELOPE_BYTES bytes, in order; the progress reports ride on the last one, after
     every row they cover (always one envelope, also without rows). A part that comes out
-    too large is halved until it fits (a row is ~2 kB at most, app/events.py bounds
+    too large is halved until it fits (a row is ~2 kB at most, app/domain/events.py bounds
     every field)."""
     parts: list[list[list[Any]]] = []
     for i in range(0, len(rows), ENVELOPE_ROWS):
@@ -263,6 +264,13 @@ def unforeseen(record: Any, exc: Exception) -> str:
     return f"could not be processed: {type(exc).__name__}: {exc}"
 
 
+@batch_agent(
+    topics.orders,
+    topics.stock,
+    name="ingest",
+    help="orders + stock -> events-by-sku (valid, per SKU partition) or dead-letters",
+    every_fetch=True,
+)
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
     """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch at once.
 
@@ -308,8 +316,3 @@ def _forget_unassigned(assigned: Iterable[TP]) -> None:
 
 
 INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
-
-for _topic in (topics.orders, topics.stock):
-    # Subscribed without a stream: the consumer hands its records to ``ingest``.
-    app.topics.add(_topic)
-    tap(_topic.get_topic_name(), ingest, every_fetch=True)

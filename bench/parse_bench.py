@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import orjson
 
-from app.events import parse_order, parse_stock
+from app.domain.events import parse_order, parse_stock
 
 
 def orders(n: int) -> list[bytes]:

@@ -45,10 +45,10 @@ from aiokafka.partitioner import murmur2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app import events as ev  # noqa: E402
-from app.models import SkuState  # noqa: E402
-from app.rules import stock as rules  # noqa: E402
-from app.rules import windows as w  # noqa: E402
+from app.domain import events as ev  # noqa: E402
+from app.domain.models import SkuState  # noqa: E402
+from app.domain.rules import stock as rules  # noqa: E402
+from app.domain.rules import windows as w  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Worker,
     create_topics,
@@ -240,21 +240,29 @@ async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
 
 
 AREAS = (
-    ("RocksDB (tables/base.py, rocksdict)", ("tables/base.py", "rocksdict", "faust/stores")),
-    ("transactions and outputs (app/transaction.py)", ("app/transaction.py",)),
+    (
+        "RocksDB (app/engine/stores.py, rocksdict)",
+        ("engine/stores.py", "rocksdict", "faust/stores"),
+    ),
+    ("transactions and outputs (app/engine/transaction.py)", ("engine/transaction.py",)),
     ("aiokafka producer (batches, send)", ("aiokafka/producer",)),
     ("aiokafka consumer (fetch, decode records)", ("aiokafka/consumer", "aiokafka/record")),
     ("aiokafka client, connections", ("aiokafka/",)),
     (
-        "ingest: parse, validate, envelopes (agents/ingest.py, app/events.py)",
-        ("agents/ingest.py", "app/events.py"),
+        "ingest: parse, validate, envelopes (agents/ingest.py, app/domain/events.py)",
+        ("agents/ingest.py", "domain/events.py"),
     ),
     (
-        "tracker: join, rules, windows (agents/tracker.py, app/rules)",
-        ("agents/tracker.py", "app/rules/"),
+        "tracker: join, rules, windows (agents/, app/domain/rules)",
+        (
+            "agents/tracker.py",
+            "agents/processor.py",
+            "agents/partition_runtime.py",
+            "domain/rules/",
+        ),
     ),
-    ("batch tap (app/consumer.py)", ("app/consumer.py",)),
-    ("HTTP (/stats polling, app/web.py)", ("app/web.py", "aiohttp/")),
+    ("batch tap (app/engine/consumer.py)", ("engine/consumer.py", "engine/batch_agents.py")),
+    ("HTTP (/stats polling, app/serving)", ("app/serving/", "aiohttp/")),
     ("Faust and mode", ("faust/", "mode/")),
     ("asyncio event loop", ("asyncio/", "selectors.py")),
 )

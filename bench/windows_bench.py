@@ -13,7 +13,7 @@ import random
 import time
 from decimal import Decimal
 
-from app.rules.windows import PartitionWindows, hopping, tumbling
+from app.domain.rules.windows import PartitionWindows, hopping, tumbling
 
 N_ORDERS = 200_000
 N_SKUS = 1_000

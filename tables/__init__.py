@@ -1,12 +1,9 @@
 """The app's changelog-backed tables, one module each.
 
 Keys and values are raw bytes (values are orjson documents): the agents parse each value
-once and write each key at most once per batch, through ``app.transaction``.
+once and write each key at most once per batch, through ``app.engine.transaction``.
 """
 
-# The app first: building it registers every module in a fixed order (app/main.py), so
-# importing this package on its own (a test, a script) meets no half-built module.
-import app.main  # noqa: F401
 from tables.dead_letter_stats import dead_letter_stats
 from tables.order_status import order_status
 from tables.partition_state import partition_state

@@ -1,6 +1,6 @@
 """``windows``: demand aggregates per (SKU, kind, window start), open and recently closed.
 
-Key: ``app.rules.windows.window_key_str`` of (SKU, kind, start). Closing is driven by
+Key: ``app.domain.rules.windows.window_key_str`` of (SKU, kind, start). Closing is driven by
 stream time in the tracker, not by Faust's wall-clock windowed tables.
 """
 

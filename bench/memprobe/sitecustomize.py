@@ -23,7 +23,7 @@ def _snapshot() -> dict[str, object]:
     counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
     out: dict[str, object] = {"types": dict(counts.most_common(40)), "sizes": {}}
     sizes: dict[str, int] = {}
-    base = sys.modules.get("tables.base")
+    base = sys.modules.get("app.engine.stores")
     shared = getattr(base, "_shared_memory", None)
     if shared is not None:
         sizes["rocksdb_cache_usage"] = shared.cache.get_usage()
@@ -36,8 +36,8 @@ def _snapshot() -> dict[str, object]:
         index = getattr(store, "_key_index", None)
         if index is not None:
             sizes[f"{name}._key_index"] = len(index)
-    tracker = sys.modules.get("agents.tracker")
-    for rt in getattr(tracker, "_runtimes", {}).values():
+    runtime = sys.modules.get("agents.partition_runtime")
+    for rt in getattr(runtime, "runtimes", {}).values():
         p = rt.partition
         sizes[f"tracker[{p}].merge"] = len(rt.merge)
         sizes[f"tracker[{p}].closed"] = len(rt.closed)
@@ -45,7 +45,7 @@ def _snapshot() -> dict[str, object]:
         sizes[f"tracker[{p}].open_windows"] = len(rt.windows._accs)
         sizes[f"tracker[{p}].window_heap"] = len(rt.windows._heap)
         sizes[f"tracker[{p}].expedited"] = len(rt.windows._expedited)
-    waiters = sys.modules.get("app.waiters")
+    waiters = sys.modules.get("agents.waiters")
     orders = getattr(waiters, "orders", None)
     if orders is not None:
         sizes["waiters.orders"] = len(getattr(orders, "_by_key", {}))

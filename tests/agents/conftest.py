@@ -11,20 +11,20 @@ from collections.abc import Iterator
 
 import pytest
 
-# Before anything imports app.main (which reads the settings once).
+# Before anything imports app.engine.instance (which reads the settings once).
 os.environ["STORE_URL"] = "memory://"
 os.environ.setdefault("TOPIC_PARTITIONS", "4")
 
 
 @pytest.fixture(autouse=True)
 def empty_tables() -> Iterator[None]:
-    from agents import tracker
+    from agents import partition_runtime, tracker
 
     def clear() -> None:
-        for table in tracker.TABLES:
+        for table in partition_runtime.TABLES:
             table.data.data.clear()
             table.data._key_partition.clear()
-        tracker._runtimes.clear()
+        tracker.runtimes.clear()
 
     clear()
     yield

@@ -9,7 +9,7 @@ import orjson
 from faust.types import TP
 
 from agents import ingest
-from app import topics
+from app.engine import topics
 
 ORDERS = topics.orders.get_topic_name()
 STOCK = topics.stock.get_topic_name()

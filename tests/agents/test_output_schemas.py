@@ -1,4 +1,4 @@
-"""The published output schemas (app/schemas.py) against what the agents really write.
+"""The published output schemas (app/domain/schemas.py) against what the agents really write.
 
 Every output message must be valid under its topic's schema and carry exactly the
 schema's fields: a field added to or dropped from a record builder without the schema
@@ -15,7 +15,8 @@ import orjson
 from jsonschema import Draft202012Validator
 
 from agents.ingest import dead_letter
-from app import schemas, topics
+from app.domain import schemas
+from app.engine import topics
 from tests.agents.test_tracker import T0, Feed, delivery, order, run
 
 NAMES = {

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from agents import tracker
+from app.engine.stores import items, put
 from tables import sku_state
-from tables.base import items, put
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.transaction import MAX_RECORD_BYTES, Batch, RecordTooLarge
+from app.engine.transaction import MAX_RECORD_BYTES, Batch, RecordTooLarge
 from tables import sku_state
 
 

@@ -1,4 +1,4 @@
-"""Every RocksDB store of a worker shares one bounded memory (tables/base.py).
+"""Every RocksDB store of a worker shares one bounded memory (app/engine/stores.py).
 
 Real RocksDB instances in a temporary folder, opened as Faust opens them: through the
 store's ``rocksdb_options``.
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from faust.stores.rocksdb import Store as RocksDBStore
 
-from app.main import app
-from tables.base import (
+from app.engine.instance import app
+from app.engine.stores import (
     ROCKSDB_OPTIONS,
     SharedMemoryOptions,
     new_shared_memory,
@@ -86,7 +86,7 @@ def test_tables_open_their_rocksdb_stores_on_the_worker_s_shared_memory(
         "rocksdb://", app, seen_ids, options=dict(ROCKSDB_OPTIONS), driver="rocksdict"
     )
     table = SimpleNamespace(data=store)
-    share_store_memory(table)
+    share_store_memory(table, 64 * MiB)
     assert isinstance(store.rocksdb_options, SharedMemoryOptions)
     assert store.rocksdb_options.write_buffer_size == ROCKSDB_OPTIONS["write_buffer_size"]
     shared = shared_rocksdb_memory()
@@ -101,6 +101,6 @@ def test_tables_open_their_rocksdb_stores_on_the_worker_s_shared_memory(
 
 def test_the_memory_store_is_left_as_it_is() -> None:
     store = seen_ids.data  # the agent tests run on memory://
-    share_store_memory(seen_ids)
+    share_store_memory(seen_ids, 64 * MiB)
     assert not isinstance(store, RocksDBStore)
     assert not hasattr(store, "rocksdb_options")

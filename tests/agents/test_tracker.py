@@ -9,10 +9,10 @@ import orjson
 import pytest
 from faust.types import TP
 
-from agents import tracker
+from agents import partition_runtime, processor, tracker
 from agents.ingest import envelope_row
-from app import topics
-from app.transaction import Batch, _apply_to_stores
+from app.engine import topics
+from app.engine.transaction import Batch, _apply_to_stores
 
 ENVELOPES = topics.events_by_sku.get_topic_name()
 ORDERS = topics.orders.get_topic_name()
@@ -58,7 +58,7 @@ class Feed:
             self.mts[topic] = max(self.mts.get(topic, row[-1]), row[-1])
             rows.append([*row, 0, self.mts[topic]])  # input partition 0, merge key's mts
         marks = []
-        for code, part in tracker.all_sources():
+        for code, part in partition_runtime.all_sources():
             mts = self.mts.get(ORDERS if code == 0 else STOCK) if part == 0 else None
             marks.append([code, part, mts, 0, True, 0])
         # What the batch tap hands the tracker: a raw aiokafka record.
@@ -74,7 +74,7 @@ class Feed:
 
 def run(*records: Any) -> Batch:
     """Process one fetch and write it to the tables, as a committed transaction does."""
-    tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    tracker.runtimes.setdefault(P, tracker.rebuild(P))
     [batch] = list(tracker.batches(TP(ENVELOPES, P), records))
     list(_apply_to_stores(batch))
     return batch
@@ -105,7 +105,9 @@ def test_a_delivery_and_orders_move_the_level_and_raise_a_supplier_order() -> No
     ] == [(f"SO-{SKU}-1", 90, "open")]
     assert batch.sources == {TP(ENVELOPES, P): 1}
     assert batch.table_partition == P
-    state = orjson.loads(tracker.get(tracker.sku_state, SKU.encode(), P) or b"null")
+    state = orjson.loads(
+        partition_runtime.get(partition_runtime.sku_state, SKU.encode(), P) or b"null"
+    )
     assert state["level"] == -3 and state["as_of"]["offset"] == 1
 
 
@@ -114,7 +116,7 @@ def test_each_key_is_written_once_per_batch() -> None:
     batch = run(feed.envelope(*(order(f"o{i}", 1, T0 + i) for i in range(50))))
     keys = [(table.name, key) for table, key in batch.table_writes]
     assert len(keys) == len(set(keys))
-    assert sum(1 for name, key in keys if name == tracker.sku_state.name) == 1
+    assert sum(1 for name, key in keys if name == partition_runtime.sku_state.name) == 1
 
 
 def test_a_duplicate_order_changes_nothing_and_is_counted() -> None:
@@ -122,8 +124,13 @@ def test_a_duplicate_order_changes_nothing_and_is_counted() -> None:
     run(feed.envelope(order("o1", 2, T0)))
     batch = run(feed.envelope(order("o1", 2, T0 + 5)))
     assert out(batch, topics.order_status) == [] and out(batch, topics.stock_levels) == []
-    assert tracker._runtimes[P].counters["duplicates"] == 1
-    assert orjson.loads(tracker.get(tracker.sku_state, SKU.encode(), P) or b"{}")["level"] == -2
+    assert tracker.runtimes[P].counters["duplicates"] == 1
+    assert (
+        orjson.loads(partition_runtime.get(partition_runtime.sku_state, SKU.encode(), P) or b"{}")[
+            "level"
+        ]
+        == -2
+    )
 
 
 def test_a_redelivered_envelope_is_skipped_not_applied_twice() -> None:
@@ -132,7 +139,7 @@ def test_a_redelivered_envelope_is_skipped_not_applied_twice() -> None:
     run(first)
     again = run(feed.envelope(replay_of=first))
     assert again.outputs == []
-    rt = tracker._runtimes[P]
+    rt = tracker.runtimes[P]
     assert rt.counters["replayed"] == 2 and rt.counters["duplicates"] == 0
 
 
@@ -155,7 +162,7 @@ def test_windows_close_on_stream_time_once_and_late_orders_only_count_as_late() 
     ]
     late = run(feed.envelope(order("o4", 1, T0 + 10)))
     assert [r for r in out(late, topics.window_results) if r["kind"] == "tumbling"] == []
-    assert tracker._runtimes[P].counters["late_orders"] == 1
+    assert tracker.runtimes[P].counters["late_orders"] == 1
     # Late for its closed tumbling window, yet the level still moves.
     assert [lv["level"] for lv in out(late, topics.stock_levels)] == [-5]
 
@@ -179,15 +186,15 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
     ]
 
     def play(rebuild_each_time: bool) -> list[list[tuple[str, Any]]]:
-        tracker._runtimes.clear()
-        for table in tracker.TABLES:
+        tracker.runtimes.clear()
+        for table in partition_runtime.TABLES:
             table.data.data.clear()
             table.data._key_partition.clear()
         feed = Feed()
         outputs = []
         for events in script:
             if rebuild_each_time:
-                tracker._runtimes.clear()  # as after a restart: state from the tables only
+                tracker.runtimes.clear()  # as after a restart: state from the tables only
             batch = run(feed.envelope(*events))
             outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
         return outputs
@@ -211,13 +218,15 @@ def report(code: int, partition: int, mts: float | None, at_end: bool) -> list[A
 
 
 def all_at_end(*but: tuple[int, int]) -> list[list[Any]]:
-    return [report(c, p, None, True) for c, p in tracker.all_sources() if (c, p) not in but]
+    return [
+        report(c, p, None, True) for c, p in partition_runtime.all_sources() if (c, p) not in but
+    ]
 
 
 def test_events_wait_for_a_lagging_input_partition_and_then_apply_in_event_time_order() -> None:
     """A delivery read late (its partition lagged) is still applied before a younger
     order: the order waits until the stock partition has moved past it."""
-    tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    tracker.runtimes.setdefault(P, tracker.rebuild(P))
     tp = TP(ENVELOPES, P)
     first = envelope(
         0,
@@ -242,14 +251,14 @@ def test_events_wait_for_a_lagging_input_partition_and_then_apply_in_event_time_
 
 
 def test_a_stale_read_to_end_report_of_an_older_generation_is_not_trusted() -> None:
-    rt = tracker._runtimes.setdefault(P, tracker.rebuild(P))
+    rt = tracker.runtimes.setdefault(P, tracker.rebuild(P))
     rt.generation = 5
     tp = TP(ENVELOPES, P)
-    stale = [[c, p, None, 0, True, 4] for c, p in tracker.all_sources()]
+    stale = [[c, p, None, 0, True, 4] for c, p in partition_runtime.all_sources()]
     rec = envelope(0, [row(ORDERS, 0, 0, order("o1", 1, T0)[1], T0)], stale)
     [batch] = list(tracker.batches(tp, [rec]))
     assert out(batch, topics.order_status) == []
-    fresh = [[c, p, None, 0, True, 5] for c, p in tracker.all_sources()]
+    fresh = [[c, p, None, 0, True, 5] for c, p in partition_runtime.all_sources()]
     [batch] = list(tracker.batches(tp, [envelope(1, [], fresh)]))
     assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
 
@@ -260,14 +269,14 @@ def test_an_event_whose_processing_fails_is_dead_lettered_and_the_rest_of_the_ba
     """Fault injection: the rules raise for one chosen order. That order becomes a dead
     letter; the events before and after it in the same batch are applied exactly once,
     and the state is as if the bad order had never been there."""
-    real = tracker.apply_order
+    real = processor.apply_order
 
     def failing(state: Any, o: Any, **kw: Any) -> Any:
         if o.order_id == "poison":
             raise OverflowError("injected failure")
         return real(state, o, **kw)
 
-    monkeypatch.setattr(tracker, "apply_order", failing)
+    monkeypatch.setattr(processor, "apply_order", failing)
     feed = Feed()
     run(feed.envelope(delivery("d0", 50, T0)))
     env = feed.envelope(order("o1", 4, T0 + 1), order("poison", 7, T0 + 2), order("o2", 3, T0 + 3))
@@ -279,27 +288,36 @@ def test_an_event_whose_processing_fails_is_dead_lettered_and_the_rest_of_the_ba
     assert letter["source_topic"] == ORDERS and letter["offset"] == 1
     assert "injected failure" in letter["error"]
     assert orjson.loads(letter["value"])["order_id"] == "poison"
-    rt = tracker._runtimes[P]
+    rt = tracker.runtimes[P]
     assert rt.counters["orders"] == 2 and rt.counters["failed"] == 1
     # The id of the failed order is not remembered: only applied events are.
-    assert tracker.get(tracker.seen_ids, f"o/{SKU}\x1fpoison".encode(), P) is None
-    assert tracker.get(tracker.seen_ids, f"o/{SKU}\x1fo1".encode(), P) is not None
+    assert (
+        partition_runtime.get(partition_runtime.seen_ids, f"o/{SKU}\x1fpoison".encode(), P) is None
+    )
+    assert (
+        partition_runtime.get(partition_runtime.seen_ids, f"o/{SKU}\x1fo1".encode(), P) is not None
+    )
     # A re-delivery (after a crash) skips it as applied: no second dead letter.
-    tracker._runtimes.clear()
+    tracker.runtimes.clear()
     again = run(feed.envelope(replay_of=env))
     assert again.outputs == []
-    assert tracker._runtimes[P].counters["replayed"] == 3
+    assert tracker.runtimes[P].counters["replayed"] == 3
 
 
 DAY = 86_400
 
 
 def seen_keys() -> list[bytes]:
-    return [k for k, _ in tracker.items(tracker.seen_ids, P)]
+    return [k for k, _ in partition_runtime.items(partition_runtime.seen_ids, P)]
 
 
 def index_keys() -> list[bytes]:
-    return [k for k, _ in tracker.local_range(tracker.seen_ids, P, tracker.EXPIRY, b"\x01")]
+    return [
+        k
+        for k, _ in partition_runtime.local_range(
+            partition_runtime.seen_ids, P, partition_runtime.EXPIRY, b"\x01"
+        )
+    ]
 
 
 def test_the_duplicate_memory_lasts_exactly_its_horizon_whatever_the_batching() -> None:
@@ -314,8 +332,8 @@ def test_the_duplicate_memory_lasts_exactly_its_horizon_whatever_the_batching() 
     ]
 
     def play(one_batch: bool) -> tuple[int, list[str]]:
-        tracker._runtimes.clear()
-        for table in tracker.TABLES:
+        tracker.runtimes.clear()
+        for table in partition_runtime.TABLES:
             table.data.data.clear()
             table.data._key_partition.clear()
         feed = Feed()
@@ -323,7 +341,7 @@ def test_the_duplicate_memory_lasts_exactly_its_horizon_whatever_the_batching() 
             [run(feed.envelope(*script))] if one_batch else [run(feed.envelope(e)) for e in script]
         )
         ids = [s["order_id"] for b in batches for s in out(b, topics.order_status)]
-        return tracker._runtimes[P].counters["duplicates"], ids
+        return tracker.runtimes[P].counters["duplicates"], ids
 
     assert play(one_batch=True) == play(one_batch=False) == (1, ["o1", "x", "y", "o1"])
 
@@ -333,17 +351,17 @@ def test_expired_ids_leave_the_store_and_the_index_survives_a_rebuild() -> None:
     run(feed.envelope(order("a", 1, T0), order("b", 1, T0 + 10)))
     assert len(seen_keys()) == 2 and len(index_keys()) == 2
     # As after a restore: the local index is gone or stale; a rebuild makes it again.
-    tracker.put_local(tracker.seen_ids, [(k, None) for k in index_keys()], P)
-    tracker._runtimes.clear()
+    partition_runtime.put_local(partition_runtime.seen_ids, [(k, None) for k in index_keys()], P)
+    tracker.runtimes.clear()
     run(feed.envelope(order("c", 1, T0 + DAY + 5)))  # a's day is over, b's is not
     assert sorted(seen_keys()) == [f"o/{SKU}\x1f{i}".encode() for i in ("b", "c")]
     assert len(index_keys()) == 2
     # Nothing of it reaches the changelog: local keys are the store's own.
     batch = run(feed.envelope(order("d", 1, T0 + DAY + 20)))
-    written = [k for (t, k) in batch.table_writes if t is tracker.seen_ids]
+    written = [k for (t, k) in batch.table_writes if t is partition_runtime.seen_ids]
     changelog = [k for t, k, _, _ in _apply_to_stores(batch) if "seen-ids" in t]
-    assert any(k.startswith(tracker.EXPIRY) for k in written)
-    assert changelog and not any(k.startswith(tracker.LOCAL_PREFIX) for k in changelog)
+    assert any(k.startswith(partition_runtime.EXPIRY) for k in written)
+    assert changelog and not any(k.startswith(partition_runtime.LOCAL_PREFIX) for k in changelog)
 
 
 @pytest.fixture
@@ -373,7 +391,7 @@ def test_idle_close_emits_due_windows_once_and_persists_stream_time(
     committed = idle_commits
     feed = Feed()
     run(feed.envelope(order("o1", 1, T0 + 5), order("o2", 2, T0 + 30)))
-    rt = tracker._runtimes[P]
+    rt = tracker.runtimes[P]
     since = rt.idle_since
     # Idle for less than the setting, or long enough but nothing due yet: nothing happens.
     assert asyncio.run(tracker.idle_tick(since + 2.9)) == 0
@@ -386,15 +404,17 @@ def test_idle_close_emits_due_windows_once_and_persists_stream_time(
         ("2026-11-26T12:00:00Z", 2, 3)
     ]
     assert asyncio.run(tracker.idle_tick(since + 41)) == 0  # once
-    meta = orjson.loads(tracker.get(tracker.partition_state, b"p%d" % P, P) or b"{}")
+    meta = orjson.loads(
+        partition_runtime.get(partition_runtime.partition_state, b"p%d" % P, P) or b"{}"
+    )
     assert meta["order_stream_time"] == T0 + 70
 
     # A restarted worker starts from the tables: the closed window is never emitted
     # again, the idle clock starts again, and an order for that window is late.
-    tracker._runtimes.clear()
+    tracker.runtimes.clear()
     late = run(feed.envelope(order("o3", 1, T0 + 40)))
     assert [r for r in out(late, topics.window_results) if r["kind"] == "tumbling"] == []
-    assert tracker._runtimes[P].counters["late_orders"] == 1
+    assert tracker.runtimes[P].counters["late_orders"] == 1
 
 
 def test_idle_close_waits_for_events_held_by_the_merge_and_ignores_bare_reports(
@@ -408,7 +428,7 @@ def test_idle_close_waits_for_events_held_by_the_merge_and_ignores_bare_reports(
     committed = idle_commits
     feed = Feed()
     run(feed.envelope(order("o1", 1, T0 + 5)))
-    rt = tracker._runtimes[P]
+    rt = tracker.runtimes[P]
     since = rt.idle_since
     tp = TP(ENVELOPES, P)
     list(tracker.batches(tp, [envelope(feed.envelope_offset, [], all_at_end())]))

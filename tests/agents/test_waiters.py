@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from agents import tracker
-from app.transaction import Batch
-from app.waiters import TooManyWaiting, Waiters
+from agents.waiters import TooManyWaiting, Waiters
+from app.engine.transaction import Batch
 from tables import order_status, sku_state
 
 
@@ -55,8 +55,8 @@ async def test_a_waiting_request_answers_on_the_commit_or_404s_after_the_wait(
 ) -> None:
     import orjson
 
-    from app import web
-    from tables.base import put
+    from app.engine.stores import put
+    from app.serving import web
 
     waiters = Waiters(limit=1)
     monkeypatch.setattr(web.waiters, "orders", waiters)

@@ -362,10 +362,12 @@ def test_static_files_config_and_traversal(worker: Worker) -> None:
         assert body
 
     for path in (
+        # The static folder is app/serving/static: its neighbours, and the repository's.
         "/static/../app/main.py",
-        "/static/..%2Fmain.py",
-        "/static/%2e%2e%2fmain.py",
-        "/static/..%2F..%2Fpyproject.toml",
+        "/static/..%2Fweb.py",
+        "/static/%2e%2e%2fweb.py",
+        "/static/..%2F..%2Fmain.py",
+        "/static/..%2F..%2F..%2Fpyproject.toml",
         "/static/nope.js",
         "/static/",
         "/static/.",

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 20261130
 SKUS = 60
-MAX_DEAD_LETTER_BYTES = 128 * 1024  # the bound app/rules/dead_letters.py promises
+MAX_DEAD_LETTER_BYTES = 128 * 1024  # the bound app/domain/rules/dead_letters.py promises
 VALUE_LIMIT = 16 * 1024
 Message = tuple[bytes | None, bytes | None]  # (key, value)
 WRONG_TYPES: dict[str, list[Any]] = {

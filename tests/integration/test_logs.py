@@ -1,7 +1,7 @@
 """A normal start, some work and a normal stop log no WARNING and no ERROR line: a new
 user reads those as "broken". Retries the broker asks for while a group or a topic comes
 up (``GroupCoordinatorNotAvailable``, "Marking the coordinator dead", ...) are expected
-and logged at INFO (app/logs.py)."""
+and logged at INFO (app/engine/logs.py)."""
 
 from __future__ import annotations
 

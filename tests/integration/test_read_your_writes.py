@@ -19,7 +19,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from jsonschema import Draft202012Validator
 
-from app import schemas
+from app.domain import schemas
 from tests.integration.harness import Worker, faust_cli, produce, read_topic
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
+from app.domain.settings import Settings
 from tests.integration.harness import REPO, free_port
 
 README = REPO / "README.md"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
+from app.domain.settings import Settings
 from tests.integration.harness import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -107,7 +107,7 @@ def test_every_worker_keeps_its_state_dir_in_its_own_volume(compose: dict[str, A
 
 def test_the_readme_says_what_the_worker_volume_holds() -> None:
     # Under exactly once local state is rebuilt from the changelogs at every start
-    # (app/admin.py wipe_local_tables); the README must not promise it is kept.
+    # (app/engine/admin.py wipe_local_tables); the README must not promise it is kept.
     readme = (REPO / "README.md").read_text()
     docker = readme[readme.index("## Running with Docker") :]
     docker = docker[: docker.index("\n## ", 1)]

@@ -18,7 +18,7 @@ from dataclasses import fields
 
 import pytest
 
-from app.settings import Settings
+from app.domain.settings import Settings
 from tests.integration.harness import REPO
 
 CONTRACT = REPO / "docs" / "contract.md"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.rules.dead_letters import (
+from app.domain.rules.dead_letters import (
     ERROR_LIMIT,
     KEY_LIMIT,
     MAX_DEAD_LETTER_BYTES,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.events import (
+from app.domain.events import (
     MAX_QUANTITY,
     MAX_TS,
     MAX_UNIT_PRICE,
@@ -27,7 +27,7 @@ from app.events import (
     parse_stock,
     parse_ts,
 )
-from app.models import Order, StockMove
+from app.domain.models import Order, StockMove
 
 # Shared CI machines make timings noisy, and examples need not be kept in the repo.
 PROPERTY = settings(deadline=None, database=None)

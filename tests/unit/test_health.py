@@ -13,8 +13,8 @@ from aiokafka.errors import (
     ProducerFenced,
 )
 
-from app import health
-from app.faults import OutageLogFilter, retriable
+from app.engine import health
+from app.engine.faults import OutageLogFilter, retriable
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The join's order (app/rules/merge.py) against the contract's definition of it."""
+"""The join's order (app/domain/rules/merge.py) against the contract's definition of it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.rules.merge import NEVER, ORDERS, STOCK, Key, Merge, Source
+from app.domain.rules.merge import NEVER, ORDERS, STOCK, Key, Merge, Source
 
 
 def contract_order(partitions: dict[Source, list[float]]) -> list[Key]:

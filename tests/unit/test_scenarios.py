@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app import scenarios as sc
-from app.events import InvalidEvent, parse_order, parse_stock, parse_ts
-from app.models import INITIAL, Order, SkuState
-from app.rules import windows as w
-from app.rules.stock import apply_order, apply_stock
+from app.domain.events import InvalidEvent, parse_order, parse_stock, parse_ts
+from app.domain.models import INITIAL, Order, SkuState
+from app.domain.rules import windows as w
+from app.domain.rules.stock import apply_order, apply_stock
+from app.tools import scenarios as sc
 
 START = sc.parse_start(sc.DEFAULT_START)
 
@@ -396,8 +396,8 @@ def test_write_jsonl_is_one_object_per_line() -> None:
 
 
 def test_expect_counts_duplicates_dead_letters_backorders_and_supplier_orders() -> None:
-    from app.commands import compute_expected
-    from app.settings import Settings
+    from app.domain.settings import Settings
+    from app.tools.expect import compute_expected
 
     events = [
         _move("A", "s1", ts=1795683599),  # level 5: a supplier order for 95 opens
@@ -421,8 +421,8 @@ def test_expect_counts_duplicates_dead_letters_backorders_and_supplier_orders() 
 def test_expect_applies_the_contracts_merge_order_not_the_production_order() -> None:
     """Orders sort before stock moves of the same ts, and a stock move produced after
     an order but older than it is applied first."""
-    from app.commands import compute_expected
-    from app.settings import Settings
+    from app.domain.settings import Settings
+    from app.tools.expect import compute_expected
 
     t0 = 1795683600
     tie = compute_expected(
@@ -436,8 +436,8 @@ def test_expect_applies_the_contracts_merge_order_not_the_production_order() -> 
 
 
 def test_expect_windows_and_late_orders_follow_the_partition_stream_time() -> None:
-    from app.commands import compute_expected, held_windows
-    from app.settings import Settings
+    from app.domain.settings import Settings
+    from app.tools.expect import compute_expected, held_windows
 
     t0 = 1795683600  # a minute boundary
     events = [

@@ -1,4 +1,4 @@
-"""The published input schemas against the validator they are built from (app/schemas.py).
+"""The published input schemas against the validator they are built from (app/domain/schemas.py).
 
 Every message the validator accepts must be valid under its topic's schema, and every
 message it dead-letters must not be, except the kinds ``BEYOND_SCHEMA`` names (no JSON
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from app import events, schemas
-from app.events import InvalidEvent, parse_order, parse_stock
-from app.scenarios import MALFORMED_KINDS, malformed_message
+from app.domain import events, schemas
+from app.domain.events import InvalidEvent, parse_order, parse_stock
+from app.tools.scenarios import MALFORMED_KINDS, malformed_message
 
 VALIDATORS = {topic: Draft202012Validator(schemas.schema(topic)) for topic in schemas.INPUT_TOPICS}
 PARSERS = {"orders": parse_order, "stock": parse_stock}
@@ -202,7 +202,7 @@ def test_every_malformed_kind_is_invalid_under_the_schema(kind: str) -> None:
 
 
 def test_valid_scenario_events_are_valid_under_the_schema() -> None:
-    from app.scenarios import generate
+    from app.tools.scenarios import generate
 
     for n, event in enumerate(generate("steady", seed=3)):
         if n >= 500:

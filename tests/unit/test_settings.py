@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError
+from app.domain.settings import Settings, SettingsError
 
 REPO = Path(__file__).resolve().parents[2]
 

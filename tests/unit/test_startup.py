@@ -1,4 +1,4 @@
-"""Start-up checks (app/startup.py) on their own: each failure one line naming a setting."""
+"""Start-up checks (app/engine/startup.py) on their own: each failure one line naming a setting."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.startup import StartupError, check_data_dir, check_web_port, wait_for_broker
+from app.engine.startup import StartupError, check_data_dir, check_web_port, wait_for_broker
 
 
 def test_data_dir_is_created_when_missing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.models import (
+from app.domain.models import (
     INITIAL,
     Order,
     OrderStatus,
@@ -18,7 +18,7 @@ from app.models import (
     StockReason,
     SupplierOrder,
 )
-from app.rules.stock import apply_order, apply_stock
+from app.domain.rules.stock import apply_order, apply_stock
 
 # Shared CI machines make timings noisy, and examples need not be kept in the repo.
 PROPERTY = settings(deadline=None, database=None)

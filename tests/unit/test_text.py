@@ -1,11 +1,11 @@
-"""How much of a client's input an error message repeats (app/text.py)."""
+"""How much of a client's input an error message repeats (app/domain/text.py)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.text import ECHO_CHARS, cut
+from app.domain.text import ECHO_CHARS, cut
 
 
 def test_short_text_is_kept_and_long_text_cut_with_its_length() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.rules.windows import (
+from app.domain.rules.windows import (
     EMPTY,
     ClosedWindow,
     Expedite,

@@ -1,0 +1,285 @@
+"""Applying released events to a partition's state: one :class:`BatchProcessor` per batch.
+
+It reads the state of the SKUs a batch touches once, applies each event with the pure
+rules (duplicates, stock levels, supplier orders, windows, expedites), and stages each
+changed key once plus every output message in a :class:`~app.engine.transaction.Batch`,
+which agents/tracker.py commits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from agents.partition_runtime import (
+    EXPIRY,
+    RECENT,
+    PartitionRuntime,
+    dumps,
+    expiry_key,
+    load_sku,
+    partition_state_key,
+    sku_key,
+    source_name,
+    supplier_order_doc,
+)
+from app.domain.events import format_ts
+from app.domain.models import Order, SkuState, StockMove, SupplierOrder
+from app.domain.rules import merge as m
+from app.domain.rules import windows as w
+from app.domain.rules.stock import apply_order, apply_stock
+from app.engine import topics
+from app.engine.instance import settings
+from app.engine.stores import get, local_range
+from app.engine.transaction import Batch
+from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
+
+
+class BatchProcessor:
+    """Applies one envelope of events for one partition, staging everything in a Batch."""
+
+    def __init__(self, rt: PartitionRuntime, batch: Batch):
+        self.rt = rt
+        self.batch = batch
+        self.src_topic = ""
+        self.src_partition = 0
+        self.partition = rt.partition
+        self.states: dict[str, tuple[SkuState, dict[str, Any] | None]] = {}
+        self.dirty: set[str] = set()
+        self.new_ids: dict[bytes, float] = {}
+        """seen-ids key -> ts, of the ids first seen in this batch (not yet in the store)."""
+        self.windows_dirty: set[w.WindowKey] = set()
+        self.t_order_status = topics.order_status.get_topic_name()
+        self.t_levels = topics.stock_levels.get_topic_name()
+        self.t_supplier = topics.supplier_orders.get_topic_name()
+        self.t_expedites = topics.expedites.get_topic_name()
+        self.t_results = topics.window_results.get_topic_name()
+        self.orders_topic = topics.orders.get_topic_name()
+        self.stock_topic = topics.stock.get_topic_name()
+        self._ts: float | None = None
+        self._ts_text = ""
+
+    # -- helpers ---------------------------------------------------------------
+    def fmt(self, ts: float) -> str:
+        """``format_ts``, remembering the last one (an event formats its ts thrice)."""
+        if ts != self._ts:
+            self._ts_text = format_ts(ts)
+            self._ts = ts
+        return self._ts_text
+
+    def state(self, sku: str) -> SkuState:
+        entry = self.states.get(sku)
+        if entry is None:
+            entry = self.states[sku] = load_sku(sku, self.partition)
+        return entry[0]
+
+    def set_state(self, sku: str, state: SkuState, offset: int) -> None:
+        as_of = {
+            "ts": self.fmt(state.updated_ts),
+            "topic": self.src_topic,
+            "partition": self.src_partition,
+            "offset": offset,
+        }
+        self.states[sku] = (state, as_of)
+        self.dirty.add(sku)
+
+    def is_new(self, kind: str, sku: str, event_id: str, ts: float, offset: int) -> bool:
+        """Remember the id; False for a duplicate (counted).
+
+        A duplicate is an id seen for the SKU within DEDUPE_SECONDS of stream time, to the
+        second, whenever its entry actually leaves the table (at the end of a batch).
+        """
+        rt = self.rt
+        key = b"%s/%s\x1f%s" % (kind.encode(), sku.encode(), event_id.encode())
+        seen_ts = self.new_ids.get(key)
+        if seen_ts is None:
+            raw = get(seen_ids, key, self.partition)
+            if raw is not None:
+                seen_ts = orjson.loads(raw)[0]
+        if seen_ts is not None:
+            assert rt.stream_time is not None  # advanced by this event already
+            if seen_ts >= rt.stream_time - settings.dedupe_seconds:
+                rt.counters["duplicates"] += 1
+                return False
+            self.batch.put(seen_ids, expiry_key(seen_ts, key), None)  # expired: renewed
+        entry = [ts, self.src_topic, self.src_partition, offset]
+        self.new_ids[key] = ts
+        self.batch.put(seen_ids, key, dumps(entry))
+        self.batch.put(seen_ids, expiry_key(ts, key), b"")
+        return True
+
+    def replayed(self, offset: int) -> bool:
+        """Whether this input message was applied here before.
+
+        Ingest forwards each input partition in offset order, so per input partition
+        the offsets reaching this partition only grow; anything at or below the
+        watermark is the same message delivered again (Faust re-delivers after a
+        rebalance), and applying it twice would count it twice.
+        """
+        source = f"{self.src_topic}/{self.src_partition}"
+        if offset <= self.rt.watermarks.get(source, -1):
+            self.rt.counters["replayed"] += 1
+            return True
+        self.rt.watermarks[source] = offset
+        return False
+
+    def advance(self, ts: float) -> None:
+        if self.rt.stream_time is None or ts > self.rt.stream_time:
+            self.rt.stream_time = ts
+
+    def emit_supplier_orders(self, changes: list[SupplierOrder]) -> None:
+        for so in changes:
+            doc = dumps(supplier_order_doc(so))
+            self.batch.emit(self.t_supplier, sku_key(so.sku), doc)
+            self.batch.put(supplier_orders, so.supplier_order_id.encode(), doc)
+
+    def emit_level(self, sku: str, state: SkuState) -> None:
+        doc = {"sku": sku, "level": state.level, "ts": self.fmt(state.updated_ts)}
+        self.batch.emit(self.t_levels, sku_key(sku), dumps(doc))
+
+    # -- events ----------------------------------------------------------------
+    def order(self, row: list[Any]) -> None:
+        _, offset, order_id, customer_id, sku, quantity, price, ts = row
+        if self.replayed(offset):
+            return
+        self.advance(ts)
+        if not self.is_new("o", sku, order_id, ts, offset):
+            return
+        self.rt.counters["orders"] += 1
+        order = Order(order_id, customer_id, sku, quantity, Decimal(price), ts)
+        state, status, changes = apply_order(
+            self.state(sku),
+            order,
+            reorder_point=settings.reorder_point,
+            reorder_target=settings.reorder_target,
+        )
+        self.set_state(sku, state, offset)
+        record = {
+            "order_id": order_id,
+            "sku": sku,
+            "customer_id": customer_id,
+            "quantity": quantity,
+            "status": status.status,
+            "backordered_units": status.backordered_units,
+            "level_before": status.level_before,
+            "level_after": status.level_after,
+            "ts": self.fmt(ts),
+            "as_of": {"topic": self.src_topic, "partition": self.src_partition, "offset": offset},
+        }
+        doc = dumps(record)
+        self.batch.emit(self.t_order_status, order_id.encode(), doc)
+        self.batch.put(order_status, order_id.encode(), doc)
+        self.emit_level(sku, state)
+        self.emit_supplier_orders(changes)
+        self.order_windows(sku, ts, quantity, order.unit_price, state)
+
+    def stock(self, row: list[Any]) -> None:
+        _, offset, event_id, sku, reason, quantity, supplier_id, ts = row
+        if self.replayed(offset):
+            return
+        self.advance(ts)
+        if not self.is_new("s", sku, event_id, ts, offset):
+            return
+        self.rt.counters["stock_moves"] += 1
+        move = StockMove(event_id, sku, reason, quantity, supplier_id, ts)
+        state, changes = apply_stock(
+            self.state(sku),
+            move,
+            reorder_point=settings.reorder_point,
+            reorder_target=settings.reorder_target,
+        )
+        self.set_state(sku, state, offset)
+        self.emit_level(sku, state)
+        self.emit_supplier_orders(changes)
+
+    def order_windows(
+        self, sku: str, ts: float, quantity: int, price: Decimal, state: SkuState
+    ) -> None:
+        result = self.rt.windows.apply_order(sku, ts, quantity, price)
+        if result.late:
+            self.rt.counters["late_orders"] += 1
+        self.windows_dirty.update(result.changed)
+        open_so = state.open_order.supplier_order_id if state.open_order else None
+        for ex in result.expedites:
+            doc = {
+                "sku": ex.sku,
+                "window_start": format_ts(ex.window_start),
+                "window_end": format_ts(ex.window_end),
+                "orders": ex.orders,
+                "supplier_order_id": open_so,
+                "threshold": settings.expedite_threshold,
+            }
+            self.batch.emit(self.t_expedites, sku_key(sku), dumps(doc))
+            self.rt.counters["expedites"] += 1  # /stats: the recent list is capped
+            self.rt.recent_expedites = [doc, *self.rt.recent_expedites][:RECENT]
+
+    # -- end of batch ----------------------------------------------------------
+    def finish(self) -> None:
+        rt = self.rt
+        pw = rt.windows
+        for cw in pw.close_due():
+            doc = {
+                "sku": cw.sku,
+                "kind": cw.kind,
+                "window_start": format_ts(cw.window_start),
+                "window_end": format_ts(cw.window_end),
+                "orders": cw.agg.orders,
+                "units": cw.agg.units,
+                "revenue": w.revenue_out(cw.agg.revenue),
+            }
+            self.batch.emit(self.t_results, sku_key(cw.sku), dumps(doc))
+            rt.recent_results = [doc, *rt.recent_results][:RECENT]
+            key = w.window_key_str(cw.key).encode()
+            stored = {
+                **w.agg_to_json(cw.agg),
+                "closed": True,
+                "window_end": cw.window_end,
+            }
+            self.batch.put(windows, key, dumps(stored))
+            self.windows_dirty.discard(cw.key)
+            heapq.heappush(
+                rt.closed, (cw.window_end + settings.closed_window_retention_seconds, key)
+            )
+        for wkey in self.windows_dirty:
+            agg = pw.get(wkey)
+            if agg is None:  # pragma: no cover - closed above in the same batch
+                continue
+            stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
+            self.batch.put(windows, w.window_key_str(wkey).encode(), dumps(stored))
+        order_time = pw.stream_time
+        stream_time = rt.stream_time
+        if stream_time is not None:
+            # Closed windows leave the table once stream time passes their retention.
+            closed_time = order_time if order_time is not None else stream_time
+            while rt.closed and rt.closed[0][0] <= closed_time:
+                _, key = heapq.heappop(rt.closed)
+                self.batch.put(windows, key, None)
+            horizon = stream_time - settings.dedupe_seconds
+            stop = EXPIRY + struct.pack(">d", horizon)
+            for index_key, _ in local_range(seen_ids, self.partition, EXPIRY, stop):
+                key = index_key[len(EXPIRY) + 8 :]
+                if key not in self.new_ids:  # a renewed id keeps its new entry
+                    self.batch.put(seen_ids, key, None)
+                self.batch.put(seen_ids, index_key, None)
+        for sku in self.dirty:
+            state, as_of = self.states[sku]
+            doc = state.to_dict()
+            doc["as_of"] = as_of
+            self.batch.put(sku_state, sku_key(sku), dumps(doc))
+        meta = {
+            "stream_time": stream_time,
+            "order_stream_time": order_time,
+            "counters": rt.counters,
+            "watermarks": rt.watermarks,
+            "sources": {
+                source_name(s): [None if p.mts == m.NEVER else p.mts, p.next_offset]
+                for s, p in rt.merge.progress.items()
+            },
+            "recent_expedites": rt.recent_expedites,
+            "recent_results": rt.recent_results,
+        }
+        self.batch.put(partition_state, partition_state_key(self.partition), dumps(meta))

@@ -1,0 +1,1 @@
+"""Engine tests: Faust and aiokafka behaviour the engine relies on or works around."""

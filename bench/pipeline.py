@@ -362,6 +362,9 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
         # Start once to create the topics, stop, load, then measure a cold catch-up.
         worker.start()
         worker.stop()
+        # The ceiling's own output topics, early: their leaders are elected meanwhile.
+        prefix = f"ceiling-{workdir.name}."
+        create_topics(bootstrap, [prefix + t for t in (*OUTPUTS, "dead-letters")], 4)
         orders = make_orders(args.events, args.skus)
         t = time.perf_counter()
         produce(bootstrap, worker.topic("orders"), orders)
@@ -370,8 +373,6 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
         )
 
         bare_s = asyncio.run(bare_consume(bootstrap, worker.topic("orders"), args.events))
-        prefix = f"ceiling-{workdir.name}."
-        create_topics(bootstrap, [prefix + t for t in (*OUTPUTS, "dead-letters")], 4)
         ceiling_s = asyncio.run(
             ceiling_loop(bootstrap, worker.topic("orders"), args.events, prefix)
         )

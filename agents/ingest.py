@@ -12,7 +12,9 @@ batch, ``{"r": rows, "m": reports}``. A row is an event in compact form (see
 is one input partition's progress, ``[topic code, partition, mts, next offset, at end,
 group generation]``. Every SKU partition gets the reports, also one no row of the batch
 went to: that is how the tracker learns that an input partition read by any worker has
-moved past an event, or has nothing more to give.
+moved past an event, or has nothing more to give. A partition read to its end says so
+again every second (``REPORT_EVERY_S``) while nothing changes, since a tracker partition
+rebuilt after a restart trusts only reports written after its rebuild.
 
 An input partition's ``mts`` so far is the metadata of its committed offset, in the same
 transaction as the envelopes, so whoever reads the partition next (after a crash or a
@@ -130,6 +132,24 @@ class SourceState:
     """Largest ``ts`` of the partition's valid events up to the last committed batch."""
     reported: tuple[int, bool] | None = None
     """(generation, at_end) of the last progress report the tracker got from here."""
+    reported_at: float = 0.0
+    """time.monotonic() of that report."""
+
+
+REPORT_EVERY_S = 1.0
+"""How often an input partition read to its end says so again while nothing changes: a
+tracker partition trusts "read to its end" only from envelopes written after it was
+(re)built (agents/tracker.py, ``is_fresh``), so after a restart or a rebalance it waits
+at most this long to learn it again."""
+
+
+def has_news(state: SourceState | None, generation: int, at_end: bool, now: float) -> bool:
+    """Whether an input partition's progress is worth a report without new records: it
+    changed since the last report, or it is read to its end and last said so
+    REPORT_EVERY_S ago or more (``now``: time.monotonic())."""
+    if state is None or state.reported != (generation, at_end):
+        return True
+    return at_end and now - state.reported_at >= REPORT_EVERY_S
 
 
 _sources: dict[TP, SourceState] = {}
@@ -169,16 +189,19 @@ def build_batches(
     records: Records,
     ends: Mapping[TP, bool] | None = None,
     generation: int = 0,
+    clock: float | None = None,
 ) -> dict[str, Pending]:
     """Group one fetch of input records into one Batch per transactional producer.
 
     Every valid event becomes a row for the SKU partition that owns its SKU, tagged with
     its merge key's ``mts`` (agents/tracker.py applies rows in merge-key order). Every
-    input partition that sent rows, or whose ``at_end`` (``ends``) changed, reports its
-    progress to *every* SKU partition: a partition of the SKU-keyed stream can apply an
-    event only once it knows no input partition can still send an older one.
+    input partition that sent rows, or that has news (:func:`has_news`; ``clock``: now,
+    time.monotonic()), reports its progress to *every* SKU partition: a partition of the
+    SKU-keyed stream can apply an event only once it knows no input partition can still
+    send an older one.
     """
     ends = ends or {}
+    clock = time.monotonic() if clock is None else clock
     by_tid: dict[str, Pending] = {}
     in_transaction = app.in_transaction
     dl_topic = topics.dead_letters.get_topic_name()
@@ -201,13 +224,20 @@ def build_batches(
             rows_by_tid[tid] = {}
         return tid, found
 
-    for tp in sorted({*records, *ends}):
+    # Sources with records first: one with only a report to make moves no offset, so it
+    # rides along in any transaction of this fetch, and a report said again every
+    # second costs no transaction of its own while records flow.
+    for tp in sorted({*records, *ends}, key=lambda tp: (not records.get(tp), tp)):
         batch_records = records.get(tp, ())
         state = source_state(tp)
         at_end = ends.get(tp, False)
-        if not batch_records and state.reported == (generation, at_end):
+        if not batch_records and not has_news(state, generation, at_end, clock):
             continue  # nothing new to say
-        tid, pending = pending_for(tp)
+        if batch_records or not by_tid:
+            tid, pending = pending_for(tp)
+        else:
+            tid = next(iter(by_tid))
+            pending = by_tid[tid]
         batch = pending.batch
         is_order = tp.topic == orders_topic
         code = merge.ORDERS if is_order else merge.STOCK
@@ -239,7 +269,7 @@ def build_batches(
             batch.consumed(tp, batch_records[-1].offset, mts_metadata(mts))
         shown_mts = None if mts == merge.NEVER else mts
         marks_by_tid[tid].append([code, tp.partition, shown_mts, next_offset, at_end, generation])
-        pending.states[tp] = SourceState(mts, (generation, at_end))
+        pending.states[tp] = SourceState(mts, (generation, at_end), clock)
     for tid, pending in by_tid.items():
         batch = pending.batch
         by_partition = rows_by_tid[tid]
@@ -282,15 +312,15 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     assigned = assigned_partitions(INPUTS)
     _forget_unassigned(assigned)
     ends = read_to_end(assigned)
-    if not records and all(
-        (s := _sources.get(tp)) is not None and s.reported == (generation, ends[tp])
-        for tp in assigned
+    clock = time.monotonic()
+    if not records and not any(
+        has_news(_sources.get(tp), generation, ends[tp], clock) for tp in assigned
     ):
         return  # the common idle case: nothing new
     newest_ts = metrics.count_input(records) if records else None
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
-    pendings = build_batches(records, ends, generation)
+    pendings = build_batches(records, ends, generation, clock)
     commits = []
     for pending in pendings.values():
         pending.batch.newest_input_ts = newest_ts

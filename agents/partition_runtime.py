@@ -73,6 +73,10 @@ class PartitionRuntime:
     generation: int = 0
     """The consumer group generation this runtime was built in: a source's "read to its
     end" counts only if said in this generation or later (an older one may be stale)."""
+    fresh_from: int | None = None
+    """The end offset of this partition of the SKU-keyed topic right after the runtime
+    was built: a source's "read to its end" counts only if its envelope is at or after
+    it (agents/tracker.py, ``is_fresh``). None until known (``learn_fresh_from``)."""
     read_upto: int | None = None
     """Offset after the last envelope fed to ``merge``."""
     idle_since: float = field(default_factory=time.monotonic)

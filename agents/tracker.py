@@ -35,7 +35,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -59,7 +59,8 @@ from app.domain.rules import merge as m
 from app.domain.rules import windows as w
 from app.engine import metrics, topics
 from app.engine.batch_agents import batch_agent
-from app.engine.consumer import Records
+from app.engine.consumer import Records, end_offsets
+from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.transaction import Batch, CommitAbandoned, can_commit, commit
 from tables import order_status
@@ -84,15 +85,60 @@ def feed(rt: PartitionRuntime, record: Any) -> int:
         else:
             rt.counters["replayed"] += 1
     generation = rt.generation
+    fresh = is_fresh(rt, offset)
     for code, partition, mts, next_offset, at_end, gen in doc["m"]:
         merge.report(
             (code, partition),
             m.NEVER if mts is None else mts,
             next_offset or 0,
-            bool(at_end) and gen >= generation,
+            bool(at_end) and fresh and gen >= generation,
         )
     rt.read_upto = offset + 1
     return new
+
+
+def is_fresh(rt: PartitionRuntime, envelope_offset: int) -> bool:
+    """Whether the "read to its end" reports of the envelope at ``envelope_offset`` may
+    be trusted: only if it was written after the runtime was built.
+
+    An older envelope is read again after a restart (the committed offset is the oldest
+    envelope still holding a waiting event) and may say "read to its end" of an input
+    partition that has grown since, e.g. while its reader was down; trusting it, the
+    tracker would not wait for that partition's unread records. The generation does not
+    tell such a report apart when a restarted worker keeps its place in the group
+    (static membership, WORKER_INSTANCE_ID). Its progress (mts, next offset) still
+    counts: that is a lower bound, true for ever. Ingest says "read to its end" again
+    every second (agents/ingest.py), so a rebuilt partition soon learns it afresh.
+    """
+    return rt.fresh_from is not None and envelope_offset >= rt.fresh_from
+
+
+async def learn_fresh_from(partitions: Iterable[int]) -> None:
+    """Set ``fresh_from`` of the runtimes of ``partitions`` that do not know it yet.
+
+    Called before a fetch of envelopes is fed, so every envelope of that fetch (already
+    on the broker) is older than the end offset read here. If the broker does not
+    answer, ``fresh_from`` stays unknown (no "read to its end" counts) and the next
+    fetch asks again.
+    """
+    unknown = {
+        p: rt for p in partitions if (rt := runtimes.get(p)) is not None and rt.fresh_from is None
+    }
+    if not unknown:
+        return
+    topic = restorer.topic
+    try:
+        ends = await end_offsets([TP(topic, p) for p in sorted(unknown)])
+    except Exception as exc:
+        if not retriable(exc):
+            raise
+        log.info("End offsets of %s unknown for now (%r); asking again", topic, exc)
+        return
+    for p, rt in unknown.items():
+        end = ends.get(TP(topic, p))
+        # Rebuilt again meanwhile: that runtime's end offset is read at its next fetch.
+        if end is not None and runtimes.get(p) is rt:
+            rt.fresh_from = end
 
 
 def apply_event(proc: BatchProcessor, item: Waiting) -> None:
@@ -162,6 +208,7 @@ def isolate(
     )
     fresh = rebuild(rt.partition)
     fresh.merge, fresh.generation, fresh.read_upto = rt.merge, rt.generation, rt.read_upto
+    fresh.fresh_from = rt.fresh_from
     runtimes[rt.partition] = fresh
     proc = start(fresh)
     for item in applied:
@@ -382,6 +429,7 @@ async def track(records: Records, current: Callable[[], bool]) -> None:
     # The first batch after an assignment restores each partition's tables; they are
     # independent, so restore them concurrently.
     await asyncio.gather(*(runtime_for(tp.partition) for tp in records))
+    await learn_fresh_from(tp.partition for tp in records)
     if not current():
         # A rebalance while restoring: these records may belong to another worker now,
         # and a runtime restored across a revocation may miss its writes.

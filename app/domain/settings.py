@@ -49,10 +49,22 @@ class Settings:
     """Longest a worker waits for another worker when it routes or gathers a request."""
     topic_partitions: int = 4
     """Partitions of every topic the app creates; the unit of parallelism."""
+    worker_instance_id: str = ""
+    """Static group membership: this worker's ``group.instance.id``, unique among the
+    workers of one APP_ID and the same across its restarts. A worker restarted with the
+    same id within FAILURE_DETECTION_SECONDS gets its partitions back without a
+    rebalance. Empty (the default): dynamic membership."""
+    failure_detection_seconds: float = 10.0
+    """The group's session timeout: a worker that sends no heartbeat for this long is
+    declared dead and its partitions move. Heartbeats go every third of it (at most 2 s)."""
     replication_factor: int | None = None
     """Replicas of every topic the app creates (outputs, the SKU-keyed topic, changelogs,
     Faust's internal topics). Default (None): 3 when the cluster has 3 brokers or more,
     else 1; with 3 or more, the topics also get ``min.insync.replicas`` 2."""
+    table_standby_replicas: int = 1
+    """Other workers that keep a warm copy of each partition's tables, tailing its
+    changelogs, so a takeover replays only a tail (app/engine/standby.py). A worker never
+    holds a standby of a partition it processes: with one worker there is none."""
     store_url: str = "rocksdb://"
     """Table store: ``rocksdb://`` (on disk under DATA_DIR) or ``memory://``."""
     data_dir: Path = Path("data")
@@ -189,6 +201,13 @@ class Settings:
         return ",".join(u.split("://", 1)[-1].rstrip("/") for u in self.broker_url.split(";"))
 
     @property
+    def heartbeat_seconds(self) -> float:
+        """How often the worker heartbeats the group: a third of the session timeout (a
+        member that misses two in a row is still alive), at most every 2 s (a heartbeat
+        is also how a member learns that the group rebalances)."""
+        return min(2.0, self.failure_detection_seconds / 3)
+
+    @property
     def advertised_url(self) -> str:
         """WEB_ADVERTISED_URL, or the default it documents."""
         if self.web_advertised_url:
@@ -297,6 +316,32 @@ def _http_url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _instance_id(name: str, raw: str) -> str:
+    # Kafka's rule for group.instance.id (JoinGroupRequest.validateGroupInstanceId).
+    ok = all(c.isascii() and (c.isalnum() or c in "._-") for c in raw)
+    if not ok or len(raw) > 249 or raw in {".", ".."}:
+        raise SettingsError(f"{name} must be 1-249 characters of [A-Za-z0-9._-], got {raw!r}")
+    return raw
+
+
+MIN_FAILURE_DETECTION_S = 6.0
+MAX_FAILURE_DETECTION_S = 1800.0
+"""Kafka's defaults of ``group.min.session.timeout.ms`` and ``group.max.session.timeout.ms``:
+a session timeout outside them makes the broker refuse the worker's JoinGroup."""
+
+
+def _failure_detection(name: str, raw: str) -> float:
+    bound = f"a number of seconds between {MIN_FAILURE_DETECTION_S:g} and "
+    bound += f"{MAX_FAILURE_DETECTION_S:g} (the broker's group session timeout bounds)"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be {bound}, got {raw!r}") from None
+    if not MIN_FAILURE_DETECTION_S <= value <= MAX_FAILURE_DETECTION_S:
+        raise SettingsError(f"{name} must be {bound}, got {raw!r}")
+    return value
+
+
 def _port(name: str, raw: str) -> int:
     return _int(name, raw, minimum=1, maximum=65535)
 
@@ -317,6 +362,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "store_memory_mb": lambda n, r: _int(n, r, minimum=16, maximum=1_048_576),
     "processing_guarantee": _literal(ProcessingGuarantee),
     "window_idle_close_seconds": _non_negative_float,
+    "worker_instance_id": _instance_id,
+    "failure_detection_seconds": _failure_detection,
 }
 
 # Settings where 0 is meaningful; every other integer must be >= 1.
@@ -325,4 +372,5 @@ _MINIMUMS: dict[str, int] = {
     "window_grace_seconds": 0,
     "expedite_threshold": 0,
     "closed_window_retention_seconds": 0,
+    "table_standby_replicas": 0,
 }

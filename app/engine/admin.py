@@ -3,10 +3,9 @@
 Faust only declares topics that an agent consumes or a table logs to, so the output
 topics (and the inputs, when no producer has written yet) are created here, before the
 consumer subscribes, with ``TOPIC_PARTITIONS`` partitions and ``REPLICATION_FACTOR``
-replicas (:func:`replication_factor` picks the default from the cluster's size). Local
-state is wiped at start under exactly-once. :class:`ClusterProbe` asks the cluster every
-few seconds whether it answers and whether the app's partitions have leaders, and
-reports to app/engine/health.py.
+replicas (:func:`replication_factor` picks the default from the cluster's size).
+:class:`ClusterProbe` asks the cluster every few seconds whether it answers and whether
+the app's partitions have leaders, and reports to app/engine/health.py.
 """
 
 from __future__ import annotations
@@ -14,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -178,15 +175,3 @@ class ClusterProbe:
 
 def _field(topic: Any, name: str) -> Any:
     return topic[name] if isinstance(topic, dict) else getattr(topic, name)
-
-
-def wipe_local_tables(tabledir: Path) -> None:
-    """Delete the local table stores; Faust rebuilds them from their changelogs.
-
-    Under exactly-once a store may hold writes of a transaction that a crash aborted;
-    the changelog (read_committed) never does. Like Kafka Streams after an unclean
-    shutdown, the local copy is thrown away rather than trusted.
-    """
-    if tabledir.exists():
-        shutil.rmtree(tabledir)
-        log.info("Removed local table state in %s (rebuilt from changelogs)", tabledir)

@@ -26,6 +26,11 @@ reading all committed offsets first and then moving every position in one call. 
 stopped flow or a new generation is left to Faust, which then seeks every partition to
 its committed offset. Everything else is Faust's code unchanged.
 
+**Leaving the group.** With static membership (WORKER_INSTANCE_ID) aiokafka sends no
+LeaveGroup when the consumer closes; :func:`leave_group_when_closed` sends one naming
+the instance id, so a stopped worker's partitions move at once. Only ``kill -9`` keeps a
+static member's place in the group (for FAILURE_DETECTION_SECONDS).
+
 **The batch tap.** Faust turns every record into a ``Message``, routes it through the
 conductor into a stream queue, wakes the agent, and tracks its ack; we measured that
 machinery alone capping a worker near 3.8k messages/s, and the app needs none of it for
@@ -46,6 +51,7 @@ tracker does, keeps them in order there). Everything else is Faust's code unchan
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -58,10 +64,15 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message
+
+log = logging.getLogger(__name__)
 
 Records = Mapping[TP, Sequence[Any]]
 """Input partition -> its fetched aiokafka ``ConsumerRecord`` objects, in offset order."""
@@ -100,6 +111,14 @@ def assigned_partitions(topics: Iterable[str]) -> list[TP]:
     return [tp for tp in _consumer.assignment() if tp.topic in wanted]
 
 
+async def end_offsets(tps: Iterable[TP]) -> dict[TP, int]:
+    """The end offsets of ``tps`` on the broker now: the last stable offsets, as this
+    consumer reads committed records (empty without a consumer)."""
+    if _consumer is None:
+        return {}
+    return await _consumer.end_offsets_now(tps)
+
+
 def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
     """Per partition: has the consumer handed on everything the broker held at the last
     fetch? (Its position has reached the last stable offset: read_committed.)
@@ -124,13 +143,94 @@ every 20 ms for it.
 """
 
 
+class _LeaveGroupResponse_v3(Response):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")),
+                ("group_instance_id", String("utf-8")),
+                ("error_code", Int16),
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequest_v3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponse_v3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class StaticLeaveGroupRequest(Request[_LeaveGroupRequest_v3]):  # type: ignore[misc]
+    """LeaveGroup naming a static member by its ``group.instance.id`` (KIP-345, v3+),
+    which aiokafka does not implement: its LeaveGroup (v0-v1) cannot remove one."""
+
+    API_KEY = 13
+
+    def __init__(self, group: str, member_id: str, instance_id: str) -> None:
+        self._group, self._member_id, self._instance_id = group, member_id, instance_id
+
+    def build(self, request_struct_class: type[_LeaveGroupRequest_v3]) -> _LeaveGroupRequest_v3:
+        return request_struct_class(self._group, [(self._member_id, self._instance_id)])
+
+
+def leave_group_when_closed(coordinator: Any) -> None:
+    """Make a static member leave the group when its consumer closes (SIGTERM, a crash
+    of the worker's own code), as a dynamic one does.
+
+    aiokafka, as Kafka's Java client, sends no LeaveGroup for a static member (one with
+    WORKER_INSTANCE_ID), expecting it back within the session timeout: its partitions
+    then wait FAILURE_DETECTION_SECONDS for it, processed by nobody. A worker that stops
+    may not come back, so it leaves, and the others take its partitions over at once.
+    Only a worker that dies without closing (``kill -9``, a lost machine) keeps its place;
+    restarted with the same id, it gets its partitions back without a rebalance.
+    """
+    instance_id = coordinator._group_instance_id
+
+    async def leave() -> None:
+        if coordinator.generation > 0 and instance_id is not None:
+            request = StaticLeaveGroupRequest(
+                coordinator.group_id, coordinator.member_id, instance_id
+            )
+            try:
+                response = await coordinator._send_req(request)
+            except KafkaError as exc:
+                log.warning("Leaving the group failed (%r): the group waits for us", exc)
+            else:
+                codes = [response.error_code] + [m[2] for m in response.members]
+                errors = [for_code(code).__name__ for code in codes if code]
+                if errors:
+                    log.warning("Leaving the group failed: %s", ", ".join(errors))
+                else:
+                    log.info("Left the group (static member %s)", instance_id)
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = leave
+
+
 class FastFetchConsumerThread(AIOKafkaConsumerThread):
-    """Faust's consumer thread, with a short fetch wait (see FETCH_MAX_WAIT_MS)."""
+    """Faust's consumer thread, with a short fetch wait (see FETCH_MAX_WAIT_MS), whose
+    consumer leaves the group when it stops, also with static membership."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is not None and coordinator._group_instance_id is not None:
+            leave_group_when_closed(coordinator)
+        await super().on_thread_stop()
 
 
 class GaplessConsumer(AIOKafkaConsumer):
@@ -173,6 +273,20 @@ class GaplessConsumer(AIOKafkaConsumer):
                 at_end = end is not None and end >= 0 and state.position >= end
             ends[tp] = at_end
         return ends
+
+    async def end_offsets_now(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """One ListOffsets request for ``tps``, with the consumer's isolation level (Faust's
+        ``highwaters`` returns what the last fetch said instead, under transactions)."""
+        thread: Any = self._thread
+        consumer = thread._ensure_consumer()
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+        async def ask() -> dict[Any, int]:
+            found: dict[Any, int] = await consumer.end_offsets(wanted)
+            return found
+
+        found: dict[Any, int] = await thread.call_thread(ask)
+        return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     @contextmanager
     def resumes_after_seek(self) -> Iterator[None]:

@@ -11,13 +11,12 @@ instance (app/engine/instance.py) and register themselves on it.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import faust
 
 from app.domain.settings import Settings
-from app.engine.admin import ReplicationError, ensure_topics, replication_factor, wipe_local_tables
+from app.engine.admin import ReplicationError, ensure_topics, replication_factor
 from app.engine.consumer import GaplessConsumer
 from app.engine.producer import BatchProducer, BatchTransactionManager
 from app.engine.web_server import WebServer
@@ -36,8 +35,6 @@ class StockTrackerApp(faust.App):
     async def on_first_start(self) -> None:
         settings = self.settings
         await super().on_first_start()
-        if settings.processing_guarantee == "exactly_once":
-            wipe_local_tables(Path(self.conf.tabledir))
         try:
             replicas = await replication_factor(
                 settings.broker_host_ports, settings.replication_factor
@@ -101,15 +98,19 @@ def build_app(settings: Settings) -> StockTrackerApp:
         # few thousand events waited on dozens of sequential round trips.
         producer_max_batch_size=512 * 1024,
         # A worker killed with SIGKILL never leaves the group; the broker notices after
-        # the session timeout, and a restarted worker waits that long in its first
-        # rebalance.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # the session timeout (FAILURE_DETECTION_SECONDS). With static membership
+        # (WORKER_INSTANCE_ID) a worker restarted within it takes its own place back at
+        # once; without, it waits that long in its first rebalance.
+        broker_session_timeout=settings.failure_detection_seconds,
+        broker_heartbeat_interval=settings.heartbeat_seconds,
+        consumer_group_instance_id=settings.worker_instance_id or None,
+        # Faust refuses a session timeout longer than the request timeout (default 90 s).
+        broker_request_timeout=max(90.0, settings.failure_detection_seconds),
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=1e9,
-        # Standby replicas would make a worker hold changelog partitions it does not
-        # process; with exactly-once every worker rebuilds its actives instead.
-        table_standby_replicas=0,
+        # Faust's assignor places the standbys (another worker than the active one); they
+        # are kept warm by app/engine/standby.py, not by Faust's recovery.
+        table_standby_replicas=settings.table_standby_replicas,
         # Tables are restored by app/engine/restore.py, not by Faust's recovery.
         TableManager="app.engine.restore:OwnRestoreTableManager",
         web_enabled=True,

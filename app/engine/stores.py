@@ -122,13 +122,32 @@ def get(table: Any, key: bytes, partition: int) -> bytes | None:
 
 
 def lookup(table: Any, key: bytes) -> bytes | None:
-    """Read ``key`` from whichever local partition holds it (for HTTP reads)."""
+    """Read ``key`` from whichever local partition holds it (for HTTP reads), except
+    the partitions this worker holds only as standbys (see :func:`not_served`)."""
     store = table.data
+    hidden = set(_hidden[id(table)]()) if id(table) in _hidden else set()
     if isinstance(store, RocksDBStore):
-        found: bytes | None = store._get(key)
-        return found
+        if not hidden:
+            found: bytes | None = store._get(key)
+            return found
+        for partition, db in list(store._dbs.items()):
+            if partition not in hidden and (in_db := db.get(key)) is not None:
+                return bytes(in_db)
+        return None
+    if hidden and store._key_partition.get(key) in hidden:
+        return None
     value: bytes | None = store.data.get(key)
     return value
+
+
+_hidden: dict[int, Callable[[], Iterable[int]]] = {}
+"""id(table) -> the partitions of it that HTTP reads must not answer from."""
+
+
+def not_served(table: Any, partitions: Callable[[], Iterable[int]]) -> None:
+    """:func:`lookup` of ``table`` never answers from ``partitions()`` (standbys: a
+    copy kept warm for a takeover, not this worker's to serve)."""
+    _hidden[id(table)] = partitions
 
 
 def put(table: Any, key: bytes, value: bytes | None, partition: int) -> None:

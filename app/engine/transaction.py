@@ -36,8 +36,10 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from app.engine import health, metrics
+from app.engine.checkpoint import Position, position_key
 from app.engine.faults import retriable
-from app.engine.instance import app
+from app.engine.instance import app, settings
+from app.engine.restore import known_cluster_id
 from app.engine.stores import LOCAL_PREFIX, put_many
 
 MAX_RECORD_BYTES = 900 * 1024
@@ -81,6 +83,9 @@ class Batch:
     """Kafka timestamp (epoch seconds) of the newest input message, for the latency metric."""
     metadata: dict[TP, str] = field(default_factory=dict)
     """Input partition -> metadata committed with its offset (exactly-once mode only)."""
+    written_upto: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) -> the offset after the last record the commit wrote there,
+    known once it committed (the changelog positions the stores record)."""
 
     def consumed(self, tp: TP, offset: int, metadata: str | None = None) -> None:
         if offset + 1 > self.sources.get(tp, -1):
@@ -298,9 +303,30 @@ def _changelog_records(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None,
 
 
 def _write_stores(batch: Batch) -> None:
-    """Write the batch's table changes to the local stores (once it committed)."""
-    for table, writes in _by_table(batch).items():
-        put_many(table, writes, batch.table_partition)  # type: ignore[arg-type]
+    """Write the batch's table changes to the local stores (once it committed), each
+    table's with the changelog position after them, in one write batch.
+
+    A table whose position is unknown (an earlier attempt committed and only its answer
+    was lost; the cluster id not learnt yet) keeps the position it had: an older
+    position is always safe, its restore just replays a little more (app/engine/checkpoint.py).
+    Positions can be recorded here at all because each changelog partition has one
+    writer, the fenced transactional producer of its source partition: everything
+    between the store's last position and this batch's records is what this worker
+    already wrote to the store, or markers and aborted records.
+    """
+    by_table = _by_table(batch)
+    partition = batch.table_partition
+    if not by_table or partition is None:
+        return
+    cluster = known_cluster_id(settings.broker_host_ports)
+    now = time.time()
+    for table, writes in by_table.items():
+        topic = table.changelog_topic.get_topic_name()
+        upto = batch.written_upto.get((topic, partition))
+        if upto is not None and cluster is not None:
+            position = Position(upto, now, cluster, topic)
+            writes.append((position_key(partition), position.encode()))
+        put_many(table, writes, partition)
 
 
 def _apply_to_stores(batch: Batch) -> Iterator[tuple[str, bytes, bytes | None, int | None]]:
@@ -323,7 +349,10 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
             log.warning("An earlier attempt of the batch of %s had committed after all", tid)
             return
         try:
-            sent = await _send_batched(txn, chain(batch.outputs, _changelog_records(batch)))
+            placed: list[tuple[str, int, int]] = []
+            sent = await _send_batched(
+                txn, chain(batch.outputs, _changelog_records(batch)), placed
+            )
             if batch.sources:
                 offsets = {
                     TopicPartition(tp.topic, tp.partition): (o, batch.metadata.get(tp, ""))
@@ -332,8 +361,9 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
                 sent.append(txn.send_offsets_to_transaction(offsets, app.conf.id))
             # aiokafka would commit a transaction even if one of its record batches
             # failed; every one must have been written first.
-            await asyncio.gather(*sent)
+            answers = await asyncio.gather(*sent)
             await txn.commit_transaction()
+            batch.written_upto = _written_upto(placed, answers)
         except BaseException:
             # The open transaction may hold part of this batch (also when the task was
             # cancelled, e.g. the consumer's fetcher on shutdown), and the next commit on
@@ -431,8 +461,26 @@ def _key_partition(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def _written_upto(
+    placed: list[tuple[str, int, int]], answers: Iterable[Any]
+) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> offset after the last record written there, from the
+    record batches ``placed`` (topic, partition, records) and their RecordMetadata (the
+    base offset; None with acks=0, when nothing is known)."""
+    upto: dict[tuple[str, int], int] = {}
+    for (topic, partition, count), meta in zip(placed, answers, strict=False):
+        if meta is None or getattr(meta, "offset", None) is None or meta.offset < 0:
+            continue
+        end = meta.offset + count
+        if end > upto.get((topic, partition), -1):
+            upto[topic, partition] = end
+    return upto
+
+
 async def _send_batched(
-    txn: Any, records: Iterable[tuple[str, bytes | None, bytes | None, int | None]]
+    txn: Any,
+    records: Iterable[tuple[str, bytes | None, bytes | None, int | None]],
+    placed: list[tuple[str, int, int]] | None = None,
 ) -> list[Awaitable[Any]]:
     """Queue ``records`` on ``txn`` as one record batch per partition (or a few).
 
@@ -440,7 +488,7 @@ async def _send_batched(
     each; a batch's records all go out before its commit anyway, so they are appended
     to aiokafka ``BatchBuilder`` objects directly. Order within a partition is kept;
     a partition of None picks it from the key, as ``send()`` would. Returns the
-    batches' futures.
+    batches' futures; ``placed`` gets (topic, partition, records) of each, in order.
     """
     sent: list[Awaitable[Any]] = []
     builders: dict[tuple[str, int], Any] = {}
@@ -460,11 +508,15 @@ async def _send_batched(
         if builder is None:
             builder = builders[topic, partition] = txn.create_batch()
         if builder.append(key=key, value=value, timestamp=None) is None:
+            if placed is not None:
+                placed.append((topic, partition, builder.record_count()))
             sent.append(await txn.send_batch(builder, topic, partition=partition))
             builder = builders[topic, partition] = txn.create_batch()
             if builder.append(key=key, value=value, timestamp=None) is None:
                 raise ValueError(f"a record for {topic} is larger than a whole batch")
     for (topic, partition), builder in builders.items():
+        if placed is not None:
+            placed.append((topic, partition, builder.record_count()))
         sent.append(await txn.send_batch(builder, topic, partition=partition))
     return sent
 
@@ -475,12 +527,14 @@ async def _commit_plain(batch: Batch) -> None:
         await producer.send(topic, key, value, partition, None, None)
         for topic, key, value, partition in batch.outputs
     ]
-    futures += [
+    changelog = [
         await producer.send(topic, key, value, partition, None, None)
         for topic, key, value, partition in _changelog_records(batch)
     ]
     for fut in futures:
         await fut
+    written = [await fut for fut in changelog]
+    batch.written_upto = _written_upto([(m.topic, m.partition, 1) for m in written], written)
     if batch.sources:
         # Faust commits only what its streams acknowledged, and the tapped topics
         # (app/engine/consumer.py) have no streams: their offsets are committed here.

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
 from agents import ingest
@@ -124,6 +125,30 @@ def test_nothing_is_sent_for_a_partition_with_nothing_new_to_say() -> None:
     ingest._sources.clear()
 
 
+def test_a_partition_read_to_its_end_says_so_again_every_second() -> None:
+    """A tracker partition rebuilt after a restart trusts only reports written after its
+    rebuild (agents/tracker.py), and with static membership the generation stays: so a
+    source read to its end repeats it every REPORT_EVERY_S; one with records to read
+    has nothing to repeat (it reports when it reads them)."""
+    ingest._sources.clear()
+    ends = {TP(STOCK, 0): True, TP(ORDERS, 1): False}
+    t = 1000.0
+    first = ingest.build_batches({}, ends, generation=3, clock=t)
+    [pending] = first.values()
+    ingest._sources.update(pending.states)
+    every = ingest.REPORT_EVERY_S
+    assert ingest.build_batches({}, ends, generation=3, clock=t + every / 2) == {}
+    [again] = ingest.build_batches({}, ends, generation=3, clock=t + every).values()
+    marks = {
+        (m[0], m[1], m[4]) for _, _, v, _ in again.batch.outputs for m in orjson.loads(v)["m"]
+    }
+    assert marks == {(1, 0, True)}  # only the source at its end, to every SKU partition
+    assert again.batch.sources == {}  # no input offsets move
+    ingest._sources.update(again.states)
+    assert ingest.build_batches({}, ends, generation=3, clock=t + every * 1.5) == {}
+    ingest._sources.clear()
+
+
 def test_envelopes_are_split_below_the_byte_limit() -> None:
     # Ids of 64 characters that JSON escapes (6 bytes each): 2,000 rows would be ~2.4 MB.
     wide = "\x01" * 64
@@ -197,3 +222,25 @@ def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
     assert letter["error"] == "could not be processed: RuntimeError: a rule nobody foresaw"
     rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)["r"]]
     assert [r[2] for r in rows] == ["o1", "o2"]
+
+
+def test_a_report_without_records_rides_in_a_transaction_with_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each input partition's records commit with the transactional producer that owns
+    it; a partition with nothing but a report (no offset to move) joins one of them
+    instead of opening a transaction of its own."""
+    monkeypatch.setattr(ingest.app, "in_transaction", True)
+    monkeypatch.setattr(ingest, "transactional_id", lambda tp: f"tid-{tp.partition}")
+    ingest._sources.clear()
+    batches = ingest.build_batches(
+        {TP(ORDERS, 2): [record(ORDERS, 2, 0, order("o1", "A"))]},
+        ends={TP(ORDERS, 2): True, TP(STOCK, 0): True, TP(STOCK, 1): True},
+        generation=1,
+        clock=5.0,
+    )
+    assert list(batches) == ["tid-2"]
+    [pending] = batches.values()
+    assert set(pending.states) == {TP(ORDERS, 2), TP(STOCK, 0), TP(STOCK, 1)}
+    assert pending.batch.sources == {TP(ORDERS, 2): 1}
+    ingest._sources.clear()

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from faust.types import TP
 
 from agents import partition_runtime, processor, tracker
@@ -72,9 +73,20 @@ class Feed:
         return record
 
 
+def built() -> partition_runtime.PartitionRuntime:
+    """Partition P's runtime, built (as on assignment) if there is none, before any
+    envelope of the test was written: the end offset then was 0, so every envelope of
+    the test is newer than the build (``fresh_from``)."""
+    rt = tracker.runtimes.get(P)
+    if rt is None:
+        rt = tracker.runtimes[P] = tracker.rebuild(P)
+        rt.fresh_from = 0
+    return rt
+
+
 def run(*records: Any) -> Batch:
     """Process one fetch and write it to the tables, as a committed transaction does."""
-    tracker.runtimes.setdefault(P, tracker.rebuild(P))
+    built()
     [batch] = list(tracker.batches(TP(ENVELOPES, P), records))
     list(_apply_to_stores(batch))
     return batch
@@ -226,7 +238,7 @@ def all_at_end(*but: tuple[int, int]) -> list[list[Any]]:
 def test_events_wait_for_a_lagging_input_partition_and_then_apply_in_event_time_order() -> None:
     """A delivery read late (its partition lagged) is still applied before a younger
     order: the order waits until the stock partition has moved past it."""
-    tracker.runtimes.setdefault(P, tracker.rebuild(P))
+    built()
     tp = TP(ENVELOPES, P)
     first = envelope(
         0,
@@ -251,7 +263,7 @@ def test_events_wait_for_a_lagging_input_partition_and_then_apply_in_event_time_
 
 
 def test_a_stale_read_to_end_report_of_an_older_generation_is_not_trusted() -> None:
-    rt = tracker.runtimes.setdefault(P, tracker.rebuild(P))
+    rt = built()
     rt.generation = 5
     tp = TP(ENVELOPES, P)
     stale = [[c, p, None, 0, True, 4] for c, p in partition_runtime.all_sources()]
@@ -442,3 +454,70 @@ def test_idle_close_waits_for_events_held_by_the_merge_and_ignores_bare_reports(
     list(tracker.batches(tp, [held]))
     assert len(rt.merge) == 1
     assert asyncio.run(tracker.idle_tick(since + 1_000)) == 0 and committed == []
+
+
+def test_a_read_to_end_report_written_before_the_rebuild_is_not_trusted() -> None:
+    """After a restart the tracker reads old envelopes again. One may say "read to its
+    end" of an input partition that has grown since; with static membership a restart
+    keeps the group generation, so only the envelope's offset tells: reports from
+    envelopes below the end offset read at the rebuild do not count, later ones do."""
+    rt = tracker.rebuild(P)
+    tracker.runtimes[P] = rt
+    tp = TP(ENVELOPES, P)
+    # Same generation in every report: only the offsets differ.
+    stale = envelope(3, [row(ORDERS, 0, 0, order("o1", 1, T0)[1], T0)], all_at_end())
+    # The end offset is not known yet: no "read to its end" counts at all.
+    [batch] = list(tracker.batches(tp, [stale]))
+    assert out(batch, topics.order_status) == []
+    assert batch.sources == {tp: 3}  # the waiting order's envelope is read again
+    rt.fresh_from = 5  # the partition's end offset when the runtime was built
+    again = envelope(4, [], all_at_end())
+    [batch] = list(tracker.batches(tp, [again]))
+    assert out(batch, topics.order_status) == []
+    # The stale report's progress still counts (a lower bound): stock partition 0 has
+    # moved past the order, so only a fresh "read to its end" from the others is needed.
+    moved = [report(1, 0, T0 + 1, False), *all_at_end((1, 0))]
+    [batch] = list(tracker.batches(tp, [envelope(5, [], moved)]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+    assert batch.sources == {tp: 6}
+
+
+def test_a_fresh_read_to_end_report_is_trusted_right_after_the_rebuild() -> None:
+    rt = tracker.rebuild(P)
+    tracker.runtimes[P] = rt
+    rt.fresh_from = 2
+    tp = TP(ENVELOPES, P)
+    [batch] = list(
+        tracker.batches(tp, [envelope(2, [row(ORDERS, 0, 0, order("o1", 1, T0)[1], T0)], [])])
+    )
+    assert out(batch, topics.order_status) == []  # nobody said "read to its end" yet
+    [batch] = list(tracker.batches(tp, [envelope(3, [], all_at_end())]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+
+
+async def test_the_end_offset_is_learnt_once_per_rebuild(monkeypatch: Any) -> None:
+    asked: list[list[TP]] = []
+    answer: dict[TP, int] | Exception = {TP(ENVELOPES, P): 42}
+
+    async def end_offsets(tps: list[TP]) -> dict[TP, int]:
+        asked.append(list(tps))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(tracker, "end_offsets", end_offsets)
+    rt = tracker.runtimes[P] = tracker.rebuild(P)
+    # The broker does not answer: still unknown (nothing trusted), asked again next time.
+    answer = KafkaTimeoutError()
+    await tracker.learn_fresh_from([P])
+    assert rt.fresh_from is None
+    answer = {TP(ENVELOPES, P): 42}
+    await tracker.learn_fresh_from([P])
+    assert rt.fresh_from == 42
+    await tracker.learn_fresh_from([P])  # known: not asked again
+    assert asked == [[TP(ENVELOPES, P)]] * 2
+    # A rebuild (a new assignment) learns it again.
+    fresh = tracker.runtimes[P] = tracker.rebuild(P)
+    answer = {TP(ENVELOPES, P): 50}
+    await tracker.learn_fresh_from([P])
+    assert fresh.fresh_from == 50 and len(asked) == 3

@@ -30,6 +30,7 @@ import mode
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
 
 
@@ -47,6 +48,7 @@ INTERNALS = (
     Internal(faust.stores.rocksdb.Store, "_db_for_partition", "stores: get, put, put_many, items"),
     Internal(faust.stores.rocksdb.Store, "_key_index", "stores: put, put_many"),
     Internal(faust.stores.rocksdb.Store, "_get", "stores: lookup"),
+    Internal(faust.stores.rocksdb.Store, "_dbs", "stores: lookup (skipping standbys)"),
     Internal(faust.stores.rocksdb.Store, "_iteritems", "stores: items"),
     Internal(faust.stores.rocksdb.Store, "_visible_items", "stores: items"),
     Internal(faust.stores.memory.Store, "_key_partition", "stores: put, items, local_range"),
@@ -75,7 +77,7 @@ INTERNALS = (
     Internal(AIOKafkaConsumer, "_fetch_max_wait_ms", "consumer: FastFetchConsumerThread"),
     Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end"),
     Internal(AIOKafkaConsumer, "_coordinator", "consumer: seek_to_committed"),
-    Internal(AIOKafkaConsumer, "_client", "restore: restore_partition"),
+    Internal(AIOKafkaConsumer, "_client", "restore: restore_partition; standby: _tail"),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
     Internal(
         faust.transport.consumer.ThreadDelegateConsumer, "_thread", "consumer: GaplessConsumer"
@@ -84,9 +86,18 @@ INTERNALS = (
     Internal(faust.transport.consumer.Consumer, "_buffered_partitions", "consumer: getmany"),
     Internal(faust.transport.consumer.Consumer, "_to_message", "consumer: getmany"),
     Internal(faust.transport.consumer.Consumer, "_read_offset", "consumer: getmany"),
+    # app/engine/consumer.py: a static member leaves the group when it stops.
+    Internal(
+        faust_aiokafka.AIOKafkaConsumerThread, "_consumer", "consumer: FastFetchConsumerThread"
+    ),
+    Internal(GroupCoordinator, "_maybe_leave_group", "consumer: leave_group_when_closed"),
+    Internal(GroupCoordinator, "_group_instance_id", "consumer: leave_group_when_closed"),
+    Internal(GroupCoordinator, "_send_req", "consumer: leave_group_when_closed"),
     # app/engine/restore.py: Faust's recovery minus reading the changelogs.
     Internal(faust.tables.manager.TableManager, "_recovery", "restore: OwnRestoreTableManager"),
     Internal(faust.tables.recovery.Recovery, "_resume_streams", "restore: OwnRestoreRecovery"),
+    # app/engine/restore.py: standby partitions handed to app/engine/standby.py.
+    Internal(faust.tables.manager.TableManager, "_changelogs", "restore: OwnRestoreRecovery"),
     # app/engine/web_server.py: JSON answers to what aiohttp's parser rejects.
     Internal(aiohttp.web_server.Server, "_loop", "web_server: _JsonErrorServer"),
     Internal(aiohttp.web_server.Server, "_kwargs", "web_server: _JsonErrorServer"),

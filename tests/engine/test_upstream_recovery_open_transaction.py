@@ -141,4 +141,4 @@ async def test_restore_partition_waits_for_the_transaction_to_end(
         finally:
             restoring.cancel()
         assert dict(items(table, 0)) == COMMITTED
-        assert applied == len(COMMITTED)
+        assert applied.records == len(COMMITTED)

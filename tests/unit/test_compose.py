@@ -106,13 +106,14 @@ def test_every_worker_keeps_its_state_dir_in_its_own_volume(compose: dict[str, A
 
 
 def test_the_readme_says_what_the_worker_volume_holds() -> None:
-    # Under exactly once local state is rebuilt from the changelogs at every start
-    # (app/engine/admin.py wipe_local_tables); the README must not promise it is kept.
+    # Local state is kept and reused across restarts (app/engine/checkpoint.py), and rebuilt
+    # from the changelogs when it is missing: the README says both, and that the
+    # changelogs (in kafka-data) are what must be kept.
     readme = (REPO / "README.md").read_text()
     docker = readme[readme.index("## Running with Docker") :]
     docker = docker[: docker.index("\n## ", 1)]
-    assert "worker-state" in docker and "rebuil" in docker
-    assert "keeps its table state" not in docker
+    assert "worker-state" in docker and "rebuil" in docker and "reuses" in docker
+    assert "deletes its local tables" not in docker
     assert "kafka-data" in docker
 
 

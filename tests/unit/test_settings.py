@@ -148,6 +148,15 @@ def test_advertised_url_defaults_to_the_bound_host_and_port() -> None:
         ("MAX_WAITING_REQUESTS", "0"),
         ("REPLICATION_FACTOR", "0"),
         ("REPLICATION_FACTOR", "three"),
+        ("WORKER_INSTANCE_ID", "worker 1"),
+        ("WORKER_INSTANCE_ID", ".."),
+        ("WORKER_INSTANCE_ID", "x" * 250),
+        ("FAILURE_DETECTION_SECONDS", "5.9"),
+        ("FAILURE_DETECTION_SECONDS", "1801"),
+        ("FAILURE_DETECTION_SECONDS", "nan"),
+        ("FAILURE_DETECTION_SECONDS", "soon"),
+        ("TABLE_STANDBY_REPLICAS", "-1"),
+        ("TABLE_STANDBY_REPLICAS", "one"),
     ],
 )
 def test_a_bad_value_names_its_setting(name: str, value: str) -> None:
@@ -178,3 +187,27 @@ def test_replication_factor_defaults_to_the_clusters_size() -> None:
     # None: decided at start from the cluster (3 with 3 brokers or more, else 1).
     assert Settings.from_env({}).replication_factor is None
     assert Settings.from_env({"REPLICATION_FACTOR": "3"}).replication_factor == 3
+
+
+def test_membership_is_dynamic_and_failure_detection_10_s_by_default() -> None:
+    s = Settings.from_env({})
+    assert s.worker_instance_id == ""  # no id: dynamic membership
+    assert s.failure_detection_seconds == 10.0
+    assert s.heartbeat_seconds == 2.0
+
+
+def test_membership_settings_are_parsed() -> None:
+    s = Settings.from_env({"WORKER_INSTANCE_ID": "worker-1.a_b", "FAILURE_DETECTION_SECONDS": "6"})
+    assert s.worker_instance_id == "worker-1.a_b"
+    assert s.failure_detection_seconds == 6.0
+    # A third of the session timeout, so one lost heartbeat is no failure.
+    assert s.heartbeat_seconds == 2.0
+    assert Settings.from_env({"FAILURE_DETECTION_SECONDS": "1800"}).heartbeat_seconds == 2.0
+    assert Settings.from_env({"WORKER_INSTANCE_ID": ""}).worker_instance_id == ""
+
+
+def test_one_standby_replica_by_default_and_none_on_request() -> None:
+    # With one worker there is no other worker to hold it (tables/standby.py).
+    assert Settings.from_env({}).table_standby_replicas == 1
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "0"}).table_standby_replicas == 0
+    assert Settings.from_env({"TABLE_STANDBY_REPLICAS": "2"}).table_standby_replicas == 2

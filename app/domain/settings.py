@@ -69,6 +69,9 @@ class Settings:
     """Table store: ``rocksdb://`` (on disk under DATA_DIR) or ``memory://``."""
     data_dir: Path = Path("data")
     """Folder for the worker's local state (RocksDB tables, markers)."""
+    store_memory_mb: int = 64
+    """Memory (MiB) of all the worker's RocksDB stores together: one block cache holding
+    data, index and filter blocks, with the memtables charged to it (half of it at most)."""
     reorder_point: int = 20
     """A level below this opens a supplier order (if none is open)."""
     reorder_target: int = 100
@@ -356,6 +359,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "web_advertised_url": _http_url,
     "topic_partitions": lambda n, r: _int(n, r, minimum=1, maximum=1000),
     "replication_factor": lambda n, r: _int(n, r, minimum=1, maximum=32767),
+    "store_memory_mb": lambda n, r: _int(n, r, minimum=16, maximum=1_048_576),
     "processing_guarantee": _literal(ProcessingGuarantee),
     "window_idle_close_seconds": _non_negative_float,
     "worker_instance_id": _instance_id,

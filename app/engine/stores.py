@@ -4,16 +4,112 @@ Faust's stores pick the partition of a read or write from the *current event*, w
 wrong for an agent that processes a batch of several partitions at once. The functions
 here take the partition explicitly, for both the RocksDB and the in-memory store, and
 are the only code that reaches into Faust's store classes. Values are orjson
-documents, parsed by the caller once.
+documents, parsed by the caller once. It also owns the RocksDB options every store
+opens with: one memory budget for the whole worker (:func:`shared_rocksdb_memory`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 from faust.stores.rocksdb import Store as RocksDBStore
 from rocksdict import WriteBatch
+
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 * 1024**2,
+    "max_write_buffer_number": 2,
+}
+"""Per RocksDB instance (one per table per partition: 7 x TOPIC_PARTITIONS of them): at
+most two 4 MiB memtables each, and all of them together within the worker's shared
+budget (see :func:`shared_rocksdb_memory`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMemory:
+    """The one block cache and write buffer manager of every RocksDB store of a worker."""
+
+    cache: rocksdict.Cache
+    write_buffers: rocksdict.WriteBufferManager
+    budget: int
+    """STORE_MEMORY_MB in bytes: what the cache holds at most (memtables included)."""
+
+
+_shared_memory: SharedMemory | None = None
+
+
+def shared_rocksdb_memory(budget: int | None = None) -> SharedMemory:
+    """The worker's RocksDB memory, shared by every store (built on first use, of
+    ``budget`` bytes; later calls return the same one).
+
+    One LRU cache of STORE_MEMORY_MB holds the data blocks *and* the index and filter
+    blocks of every store, and the memtables are charged to it too (RocksDB's write
+    buffer manager with a cache), flushing when they pass half of it. Per instance,
+    Faust's options gave each store its own cache (2 GiB by default, then 4 MiB here)
+    and kept every SST file's index and bloom filter in memory outside any cache, so
+    memory grew with the number of stores (tables x partitions) and with the data on
+    disk (about 1.5 bytes of filter per key). Now it is bounded by the budget whatever
+    the partitions and the orders, and state larger than RAM only costs reads from disk.
+    """
+    global _shared_memory
+    if _shared_memory is None:
+        _shared_memory = new_shared_memory(budget if budget is not None else 64 * 1024**2)
+    return _shared_memory
+
+
+def new_shared_memory(budget: int) -> SharedMemory:
+    """A cache of ``budget`` bytes, with memtables charged to it up to half of it."""
+    cache = rocksdict.Cache(budget)
+    return SharedMemory(
+        cache=cache,
+        write_buffers=rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            budget // 2, False, cache
+        ),
+        budget=budget,
+    )
+
+
+class SharedMemoryOptions(RocksDBOptions):
+    """Faust's RocksDB options (rocksdict driver) on the worker's shared memory."""
+
+    memory: SharedMemory | None = None
+    """The memory to use; None: the worker's (:func:`shared_rocksdb_memory`)."""
+
+    def as_options(self) -> rocksdict.Options:
+        shared = self.memory or shared_rocksdb_memory()
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(-1 if self.max_open_files is None else self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(shared.write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_block_cache(shared.cache)
+        # Index and filter blocks in the cache (bounded) rather than beside it (growing
+        # with the data); level 0's stay pinned, as they are read on every lookup.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+def share_store_memory(table: Any, budget: int) -> None:
+    """Open ``table``'s RocksDB stores on the worker's shared memory of ``budget`` bytes
+    (the first call sets it); a no-op for memory://.
+
+    Faust builds each store's options itself from ``options=`` and has no hook for a
+    shared cache, so the store's options object is replaced before any store opens.
+    """
+    store = table.data
+    if isinstance(store, RocksDBStore) and store.use_rocksdict:
+        shared_rocksdb_memory(budget)
+        store.rocksdb_options = SharedMemoryOptions(**ROCKSDB_OPTIONS, use_rocksdict=True)
 
 
 def get(table: Any, key: bytes, partition: int) -> bytes | None:

@@ -52,6 +52,10 @@ INTERNALS = (
     Internal(faust.stores.rocksdb.Store, "_iteritems", "stores: items"),
     Internal(faust.stores.rocksdb.Store, "_visible_items", "stores: items"),
     Internal(faust.stores.memory.Store, "_key_partition", "stores: put, items, local_range"),
+    # app/engine/stores.py: every store opens on the worker's one RocksDB memory.
+    Internal(faust.stores.rocksdb.Store, "rocksdb_options", "stores: share_store_memory"),
+    Internal(faust.stores.rocksdb.Store, "use_rocksdict", "stores: share_store_memory"),
+    Internal(faust.stores.rocksdb.RocksDBOptions, "as_options", "stores: SharedMemoryOptions"),
     # app/engine/transaction.py: one transaction per batch on Faust's producers.
     Internal(faust_aiokafka.Producer, "_trn_locks", "transaction: _commit_transactional"),
     Internal(faust_aiokafka.Producer, "_transaction_producers", "transaction: _ready_producer"),

@@ -41,7 +41,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.harness import Worker, on_a_broker, running_worker  # noqa: E402
+from tests.integration.harness import (  # noqa: E402
+    Worker,
+    cpu_seconds,
+    on_a_broker,
+    running_worker,
+)
 
 TARGET_P99_MS = 100.0
 
@@ -152,16 +157,6 @@ async def run(
     await producer.stop()
     await consumer.stop()
     return latencies, stages
-
-
-def cpu_seconds(worker: Worker) -> float:
-    """CPU time (user + system) the worker process used so far (Linux; 0 elsewhere)."""
-    try:
-        assert worker.proc is not None
-        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, AssertionError, IndexError, ValueError):
-        return 0.0
 
 
 def percentiles(values: list[float]) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -52,6 +51,7 @@ from app.domain.rules import stock as rules  # noqa: E402
 from app.domain.rules import windows as w  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     Worker,
+    cpu_seconds,
     create_topics,
     produce,
     throwaway_broker,
@@ -100,16 +100,6 @@ async def bare_consume(bootstrap: str, topic: str, n: int) -> float:
         return time.perf_counter() - started
     finally:
         await consumer.stop()
-
-
-def cpu_seconds(worker: Worker) -> float:
-    """CPU time (user + system) the worker process used so far (Linux; 0 elsewhere)."""
-    try:
-        assert worker.proc is not None
-        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, AssertionError, IndexError, ValueError):
-        return 0.0
 
 
 class Outputs:

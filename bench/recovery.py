@@ -319,35 +319,7 @@ def main() -> None:
         static = {"WORKER_INSTANCE_ID": "bench-1"} if args.membership == "static" else {}
         with running_worker(bootstrap, **static) as worker:
             n = args.skus
-            produce(
-                bootstrap,
-                worker.topic("stock"),
-                (
-                    {
-                        "event_id": f"d{i}",
-                        "sku": f"R-{i:06d}",
-                        "reason": "delivery",
-                        "quantity": 50,
-                        "ts": T0 + i * 0.001,
-                    }
-                    for i in range(n)
-                ),
-            )
-            produce(
-                bootstrap,
-                worker.topic("orders"),
-                (
-                    {
-                        "order_id": f"o{i}",
-                        "customer_id": "c",
-                        "sku": f"R-{i:06d}",
-                        "quantity": 1,
-                        "unit_price": 2.5,
-                        "ts": T0 + n * 0.001 + i * 0.001,
-                    }
-                    for i in range(n)
-                ),
-            )
+            load(bootstrap, worker, n)
             worker.wait_for("/stats", lambda b: b["processed"] >= 2 * n, timeout_s=3600)
             print(f"loaded: {2 * n:,} events over {n:,} SKUs")
             worker.kill()

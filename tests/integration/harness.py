@@ -413,3 +413,13 @@ def running_worker(bootstrap: str, **env: str) -> Iterator[Worker]:
             yield worker
         finally:
             worker.stop()
+
+
+def cpu_seconds(worker: Worker) -> float:
+    """CPU time (user + system) the worker process used so far (Linux; 0 elsewhere)."""
+    try:
+        assert worker.proc is not None
+        fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, AssertionError, IndexError, ValueError):
+        return 0.0

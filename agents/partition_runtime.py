@@ -27,16 +27,8 @@ from app.domain.rules import windows as w
 from app.engine import topics
 from app.engine.instance import app, settings
 from app.engine.restore import Restorer
-from app.engine.stores import (
-    get,
-    index_complete,
-    items,
-    local_range,
-    mark_index_complete,
-    put_local,
-)
+from app.engine.stores import complete_index, get, local_range
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.seen_ids import EXPIRY, expiry_key
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
@@ -208,7 +200,10 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.recent_results = meta.get("recent_results", [])
     rt.saved_windows = {k: meta[k] for k in ("order_stream_time", "open_from") if k in meta}
     rt.purge_from = meta.get("purge_from", {})
-    rebuild_expiry_index(partition)
+    for table in (seen_ids, windows):
+        # Only for a store partition of a release that kept no such index: once.
+        if complete_index(table, partition):
+            log.info("Partition %d: the local index of %s rebuilt", partition, table.name)
     return rt
 
 
@@ -242,23 +237,6 @@ def load_windows(partition: int, saved: dict[str, Any]) -> w.PartitionWindows:
                 expedited.append(wkey)
     pw.restore(open_aggs, saved.get("order_stream_time"), expedited)
     return pw
-
-
-def rebuild_expiry_index(partition: int) -> None:
-    """Make the duplicate memory's expiry index complete (tables/seen_ids.py) for a
-    store partition written by a release that did not keep it on every path: one pass
-    over the ids, in RocksDB, nothing kept; once, then the store keeps it."""
-    if index_complete(seen_ids, partition):
-        return
-    stale = [(k, None) for k, _ in local_range(seen_ids, partition, EXPIRY, EXPIRY + b"\xff")]
-    writes: list[tuple[bytes, bytes | None]] = list(stale)
-    for key, value in items(seen_ids, partition):
-        writes.append((expiry_key(orjson.loads(value)[0], key), b""))
-        if len(writes) >= 10_000:
-            put_local(seen_ids, writes, partition)
-            writes = []
-    put_local(seen_ids, writes, partition)
-    mark_index_complete(seen_ids, partition)
 
 
 def forget_partitions(partitions: set[int]) -> None:

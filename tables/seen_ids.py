@@ -48,4 +48,4 @@ def _index(key: bytes, value: bytes | None) -> Iterable[Write]:
     return ((expiry_key(orjson.loads(value)[0], key), b""),)
 
 
-index_with(seen_ids, "expiry-1", _index)
+index_with(seen_ids, EXPIRY, "expiry-1", _index)

@@ -13,8 +13,9 @@ from faust.types import TP
 from agents import partition_runtime, processor, tracker
 from agents.ingest import envelope_row
 from app.engine import restore, topics
-from app.engine.stores import LOCAL_PREFIX
+from app.engine.stores import LOCAL_PREFIX, items, local_range, put_local
 from app.engine.transaction import Batch, _apply_to_stores
+from tables.seen_ids import EXPIRY
 
 ENVELOPES = topics.events_by_sku.get_topic_name()
 ORDERS = topics.orders.get_topic_name()
@@ -215,8 +216,7 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
             batch = run(feed.envelope(*events))
             outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
         held = sorted(
-            (k.decode(), orjson.loads(v))
-            for k, v in partition_runtime.items(partition_runtime.windows, P)
+            (k.decode(), orjson.loads(v)) for k, v in items(partition_runtime.windows, P)
         )
         return outputs, held
 
@@ -352,23 +352,23 @@ DAY = 86_400
 
 
 def seen_keys() -> list[bytes]:
-    return [k for k, _ in partition_runtime.items(partition_runtime.seen_ids, P)]
+    return [k for k, _ in items(partition_runtime.seen_ids, P)]
 
 
 def index_keys() -> list[bytes]:
     return [
         k
-        for k, _ in partition_runtime.local_range(
+        for k, _ in local_range(
             partition_runtime.seen_ids,
             P,
-            partition_runtime.EXPIRY,
-            partition_runtime.EXPIRY + b"\xff",
+            EXPIRY,
+            EXPIRY + b"\xff",
         )
     ]
 
 
 def local_keys() -> list[tuple[bytes, bytes]]:
-    return list(partition_runtime.local_range(partition_runtime.seen_ids, P, b"\x00", b"\x01"))
+    return list(local_range(partition_runtime.seen_ids, P, b"\x00", b"\x01"))
 
 
 def tracker_batch(record: Any) -> Batch:
@@ -470,9 +470,7 @@ def test_a_store_from_a_release_without_the_index_gets_it_once() -> None:
     marker = [k for k, _ in local_keys() if k.startswith(b"\x00index:")]
     assert len(marker) == 1
     # As a store written by the previous release may be: some index keys missing.
-    partition_runtime.put_local(
-        partition_runtime.seen_ids, [(k, None) for k in [*index_keys(), *marker]], P
-    )
+    put_local(partition_runtime.seen_ids, [(k, None) for k in [*index_keys(), *marker]], P)
     tracker.runtimes.clear()
     run(feed.envelope(order("c", 1, T0 + DAY + 5)))  # a's day is over, b's is not
     assert sorted(seen_keys()) == [f"o/{SKU}\x1f{i}".encode() for i in ("b", "c")]

@@ -202,7 +202,7 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.recent_results = meta.get("recent_results", [])
     rt.saved_windows = {k: meta[k] for k in ("order_stream_time", "open_from") if k in meta}
     rt.purge_from = meta.get("purge_from", {})
-    for table in (seen_ids, windows):
+    for table in (seen_ids, windows, order_status):
         # Only for a store partition of a release that kept no such index: once.
         if complete_index(table, partition):
             log.info("Partition %d: the local index of %s rebuilt", partition, table.name)

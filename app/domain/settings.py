@@ -106,6 +106,9 @@ class Settings:
     """How long (event time) an order_id / event_id is remembered per SKU."""
     closed_window_retention_seconds: int = 3_600
     """How long (stream time) closed windows stay readable over HTTP."""
+    order_status_retention_seconds: int = 0
+    """How long (stream time past the order's ts) an order's status stays readable over
+    HTTP (``/orders/{id}``); 0 = for ever (the state on disk then grows with orders)."""
     batch_size: int = 10_000
     """Most records a fetch hands to ingest or the tracker, and most events the tracker
     applies per transaction; state is written once per key per batch."""
@@ -372,5 +375,6 @@ _MINIMUMS: dict[str, int] = {
     "window_grace_seconds": 0,
     "expedite_threshold": 0,
     "closed_window_retention_seconds": 0,
+    "order_status_retention_seconds": 0,
     "table_standby_replicas": 0,
 }

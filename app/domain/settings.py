@@ -205,10 +205,12 @@ class Settings:
 
     @property
     def heartbeat_seconds(self) -> float:
-        """How often the worker heartbeats the group: a third of the session timeout (a
-        member that misses two in a row is still alive), at most every 2 s (a heartbeat
-        is also how a member learns that the group rebalances)."""
-        return min(2.0, self.failure_detection_seconds / 3)
+        """How often the worker heartbeats the group: at most a third of the session
+        timeout (a member that misses two in a row is still alive), and every 0.5 s: a
+        heartbeat's answer is also how a member learns that the group rebalances, so
+        this is how long a survivor may take to notice that a dead worker's partitions
+        are to be taken over (a heartbeat is one small request)."""
+        return min(0.5, self.failure_detection_seconds / 3)
 
     @property
     def advertised_url(self) -> str:

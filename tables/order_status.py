@@ -9,7 +9,6 @@ statuses whose retention is over; unset, no index is kept and statuses stay.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 import orjson
@@ -17,7 +16,7 @@ import orjson
 from app.domain.events import parse_ts
 from app.engine.instance import settings
 from app.engine.stores import LOCAL_PREFIX, Write, index_with
-from tables.base import raw_table
+from tables.base import TimeIndex, raw_table
 
 order_status = raw_table("order-status", "order_id -> the order's status record")
 
@@ -27,21 +26,10 @@ EXPIRY = LOCAL_PREFIX + b"t"
 def ts_of(value: bytes) -> float:
     """The order's event time, from its status document."""
     return parse_ts(orjson.loads(value)["ts"])
-
-
-def expiry_key(ts: float, key: bytes) -> bytes:
-    return EXPIRY + struct.pack(">d", ts) + key
-
-
-def expiry_bound(ts: float) -> bytes:
-    """Index keys below this belong to orders of before ``ts``."""
-    return EXPIRY + struct.pack(">d", ts)
-
-
-def entry_of(index_key: bytes) -> tuple[float, bytes]:
-    """(ts, order_id key) of an index key."""
-    start = len(EXPIRY)
-    return struct.unpack(">d", index_key[start : start + 8])[0], index_key[start + 8 :]
+EXPIRY_INDEX = TimeIndex(EXPIRY)
+expiry_key = EXPIRY_INDEX.key
+expiry_bound = EXPIRY_INDEX.bound
+entry_of = EXPIRY_INDEX.entry
 
 
 def _index(key: bytes, value: bytes | None) -> Iterable[Write]:

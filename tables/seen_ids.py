@@ -12,34 +12,20 @@ deleted or renewed: the expiry reads the entry before deleting it.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 import orjson
 
 from app.engine.stores import LOCAL_PREFIX, Write, index_with
-from tables.base import raw_table
+from tables.base import TimeIndex, raw_table
 
 seen_ids = raw_table("seen-ids", "order/event id per SKU -> when and where it was first seen")
 
 EXPIRY = LOCAL_PREFIX + b"e"
-
-
-def expiry_key(ts: float, key: bytes) -> bytes:
-    """The index key of the entry ``key`` seen at ``ts``: a big-endian double sorts like
-    the positive number it holds, so expiring is a range scan in RocksDB."""
-    return EXPIRY + struct.pack(">d", ts) + key
-
-
-def expiry_bound(ts: float) -> bytes:
-    """Index keys below this belong to entries seen before ``ts``."""
-    return EXPIRY + struct.pack(">d", ts)
-
-
-def entry_of(index_key: bytes) -> tuple[float, bytes]:
-    """(ts, entry key) of an index key."""
-    start = len(EXPIRY)
-    return struct.unpack(">d", index_key[start : start + 8])[0], index_key[start + 8 :]
+EXPIRY_INDEX = TimeIndex(EXPIRY)
+expiry_key = EXPIRY_INDEX.key
+expiry_bound = EXPIRY_INDEX.bound
+entry_of = EXPIRY_INDEX.entry
 
 
 def _index(key: bytes, value: bytes | None) -> Iterable[Write]:

@@ -7,10 +7,11 @@ per commit); the agents parse each value once.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from app.engine.instance import app, settings
-from app.engine.stores import ROCKSDB_OPTIONS, share_store_memory
+from app.engine.stores import ROCKSDB_OPTIONS, Derive, Write, share_store_memory
 
 
 def raw_table(name: str, help: str) -> Any:
@@ -48,3 +49,13 @@ class TimeIndex(NamedTuple):
         """(ts, record key) of an index key."""
         start = len(self.prefix)
         return struct.unpack(">d", index_key[start : start + 8])[0], index_key[start + 8 :]
+
+    def derive(self, ts_of: Callable[[bytes], float]) -> Derive:
+        """What a record implies in this index (for ``index_with``): one key at the time
+        ``ts_of`` its value; nothing for a delete (the key it leaves is recognised as
+        stale by whoever reads the index, from the record it names)."""
+
+        def index(key: bytes, value: bytes | None) -> Iterable[Write]:
+            return () if value is None else ((self.key(ts_of(value), key), b""),)
+
+        return index

@@ -68,7 +68,7 @@ class Seen:
 
 
 async def run(
-    worker: Worker, bootstrap: str, rate: float, seconds: float
+    worker: Worker, bootstrap: str, rate: float, seconds: float, warmup: float = 0.0
 ) -> tuple[list[float], list[list[float]], list[tuple[float, float]]]:
     sent_at: dict[str, Seen] = {}
     latencies: list[float] = []
@@ -129,11 +129,13 @@ async def run(
             if done.is_set() and not sent_at:
                 return
 
-    t0 = time.time()
+    # Orders of the warm-up (its first ``warmup`` seconds) are sent but not counted.
+    warm = int(rate * warmup)
+    t0 = time.time() + warmup
     reader = asyncio.create_task(read())
     start = time.monotonic()
     orders_parts = 4
-    for i in range(n):
+    for i in range(warm + n):
         due = start + i / rate
         delay = due - time.monotonic()
         if delay > 0:
@@ -145,9 +147,10 @@ async def run(
             await producer.send(
                 worker.topic("stock"), orjson.dumps({**move, "ts": now}), partition=i % 4
             )
-        oid = f"lat-{i}"
+        oid = f"lat-{i}" if i >= warm else f"warm-{i}"
         value = {"order_id": oid, "customer_id": "c", "sku": sku, "quantity": 1}
-        sent_at[oid] = Seen(now)
+        if i >= warm:
+            sent_at[oid] = Seen(now)
         await producer.send(
             worker.topic("orders"),
             orjson.dumps({**value, "unit_price": 1.5, "ts": now}),
@@ -232,6 +235,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="orders per second")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--bootstrap", default=None)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="send orders for this many seconds first, not counted (the worker's start-up)",
+    )
     parser.add_argument("--dump", default=None, help="write every order's moments (JSON)")
     args = parser.parse_args()
     global DUMP
@@ -241,7 +250,9 @@ def main() -> None:
         with running_worker(bootstrap) as worker:
             load_before = os.getloadavg()[0]
             cpu_before, wall_before = cpu_seconds(worker), time.monotonic()
-            lat, stages, timeline = asyncio.run(run(worker, bootstrap, args.rate, args.seconds))
+            lat, stages, timeline = asyncio.run(
+                run(worker, bootstrap, args.rate, args.seconds, args.warmup)
+            )
             cpu_used, wall = cpu_seconds(worker) - cpu_before, time.monotonic() - wall_before
             load_after = os.getloadavg()[0]
             if not lat:
@@ -251,6 +262,7 @@ def main() -> None:
             p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
             print(
                 f"order -> order-status at {args.rate:g} orders/s for {args.seconds:g} s "
+                f"(after {args.warmup:g} s not counted) "
                 f"(+1 stock move per 10 orders), {len(lat)} orders: "
                 f"p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms, "
                 f"mean {1000 * statistics.fmean(lat):.0f} ms"

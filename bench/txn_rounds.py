@@ -88,7 +88,12 @@ def timed(
 
 
 async def run(
-    bootstrap: str, producers: int, partitions: int, seconds: float, backoff_ms: int
+    bootstrap: str,
+    producers: int,
+    partitions: int,
+    seconds: float,
+    backoff_ms: int,
+    lockstep: bool,
 ) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -109,6 +114,9 @@ async def run(
     reader.assign([TopicPartition(TOPIC, p) for p in range(partitions)])
     await reader.seek_to_end()
     stop = time.monotonic() + seconds
+    barrier = asyncio.Barrier(producers)
+    cycles: list[float] = []
+    go = [True]
 
     async def read() -> None:
         while time.monotonic() < stop + 2:
@@ -129,7 +137,8 @@ async def run(
         await producer.start()
         timed(producer, rounds, errors)
         n = 0
-        while time.monotonic() < stop:
+        cycle_from = time.perf_counter()
+        while go[0]:
             n += 1
             value = f"{i}-{n}".encode()
             started = time.perf_counter()
@@ -141,6 +150,19 @@ async def run(
             done = time.perf_counter()
             commits.append(done - started)
             committed_at[value] = done
+            if not lockstep:
+                go[0] = time.monotonic() < stop
+            else:
+                # As ingest and the tracker do: the next round begins once every
+                # producer's transaction of this one committed. Producer 0 decides
+                # whether there is one, so that all do the same number of rounds.
+                if i == 0:
+                    go[0] = time.monotonic() < stop
+                await barrier.wait()
+                if i == 0:
+                    now = time.perf_counter()
+                    cycles.append(now - cycle_from)
+                    cycle_from = now
         await producer.stop()
 
     reading = asyncio.create_task(read())
@@ -151,9 +173,12 @@ async def run(
     print(
         f"{producers} transactional producers side by side, each transaction 1 record to "
         f"each of {partitions} partitions + 1 offset, {seconds:g} s "
-        f"retry backoff {backoff_ms} ms (load average {load:.1f}, {os.cpu_count()} CPUs):"
+        f"retry backoff {backoff_ms} ms, {'in lockstep' if lockstep else 'independent'} "
+        f"(load average {load:.1f}, {os.cpu_count()} CPUs):"
     )
     print(f"  a whole transaction (begin -> commit returned): {ms(commits)}")
+    if lockstep:
+        print(f"  a round (every producer's transaction committed): {ms(cycles)}")
     for name in ("AddPartitionsToTxn", "Produce", "AddOffsetsToTxn", "TxnOffsetCommit", "EndTxn"):
         print(f"  {name}: {ms(rounds.pop(name, []))}")
     for name, values in sorted(rounds.items()):
@@ -168,12 +193,24 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--backoff-ms", type=int, default=20, help="retry_backoff_ms")
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="a round of transactions waits for all of them (as ingest's do)",
+    )
     parser.add_argument("--bootstrap", default=None)
     args = parser.parse_args()
     on_a_broker(
         args.bootstrap,
         lambda bootstrap: asyncio.run(
-            run(bootstrap, args.producers, args.partitions, args.seconds, args.backoff_ms)
+            run(
+                bootstrap,
+                args.producers,
+                args.partitions,
+                args.seconds,
+                args.backoff_ms,
+                args.lockstep,
+            )
         ),
     )
 

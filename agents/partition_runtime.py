@@ -12,9 +12,7 @@ of their keys and documents.
 
 from __future__ import annotations
 
-import heapq
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +27,7 @@ from app.domain.rules import windows as w
 from app.engine import topics
 from app.engine.instance import app, settings
 from app.engine.restore import Restorer
-from app.engine.stores import LOCAL_PREFIX, get, items, local_range, put_local
+from app.engine.stores import complete_index, get, local_range
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 
 SPECS = (
@@ -56,13 +54,15 @@ class PartitionRuntime:
     partition: int
     stream_time: float | None = None
     """Largest event ts (orders and stock) seen; drives duplicate-memory expiry."""
-    closed: list[tuple[float, bytes]] = field(default_factory=list)
-    """Heap of (delete at stream time, windows key) of closed windows kept for HTTP."""
-    windows: w.PartitionWindows = field(
-        default_factory=lambda: w.PartitionWindows(
-            SPECS, settings.window_grace_seconds, settings.expedite_threshold
-        )
-    )
+    loaded_windows: w.PartitionWindows | None = None
+    """The open windows, read from the table at their first use after the rebuild
+    (:attr:`windows`): setting up a partition costs nothing per window, and a partition
+    that gets no order meanwhile never reads them."""
+    saved_windows: dict[str, Any] = field(default_factory=dict)
+    """What the last commit recorded of the windows (``order_stream_time``, ``open_from``):
+    what they are until they are loaded."""
+    purge_from: dict[str, int] = field(default_factory=dict)
+    """Per window kind: every closed window starting before this has left the table."""
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     watermarks: dict[str, int] = field(default_factory=dict)
     """Highest offset applied per input partition ("topic/partition")."""
@@ -88,6 +88,27 @@ class PartitionRuntime:
     measures from here, so after a restart the idle clock starts again."""
     idle_base: float | None = None
     """Window stream time right after that batch (taken by the first idle tick after it)."""
+
+    @property
+    def windows(self) -> w.PartitionWindows:
+        """The partition's open windows and window stream time (loaded on first use)."""
+        if self.loaded_windows is None:
+            self.loaded_windows = load_windows(self.partition, self.saved_windows)
+        return self.loaded_windows
+
+    def windows_record(self) -> dict[str, Any]:
+        """What a commit records of the windows, for :func:`load_windows` after a rebuild:
+        the window stream time, and a lower bound of the open windows' starts (None: no
+        window is open; absent: unknown, read them all)."""
+        pw = self.loaded_windows
+        if pw is None:
+            return self.saved_windows
+        close_at = pw.next_close_at
+        longest_s = max(spec.size_s for spec in SPECS)
+        return {
+            "order_stream_time": pw.stream_time,
+            "open_from": None if close_at is None else close_at - longest_s - pw.grace_s,
+        }
 
     def commit_offset(self) -> int | None:
         """Where this partition's consumer resumes after a restart: the oldest envelope
@@ -181,44 +202,45 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.generation = app.consumer_generation_id
     rt.recent_expedites = meta.get("recent_expedites", [])
     rt.recent_results = meta.get("recent_results", [])
-    rebuild_expiry_index(partition)
-    open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
-    expedited: list[w.WindowKey] = []
-    for key, value in items(windows, partition):
-        doc = orjson.loads(value)
-        wkey = w.parse_window_key(key.decode())
-        if doc.get("closed"):
-            rt.closed.append((doc["window_end"] + settings.closed_window_retention_seconds, key))
-            continue
-        open_aggs.append((wkey, w.agg_from_json(doc)))
-        if doc.get("expedited"):
-            expedited.append(wkey)
-    heapq.heapify(rt.closed)
-    rt.windows.restore(open_aggs, meta.get("order_stream_time"), expedited)
+    rt.saved_windows = {k: meta[k] for k in ("order_stream_time", "open_from") if k in meta}
+    rt.purge_from = meta.get("purge_from", {})
+    for table in (seen_ids, windows):
+        # Only for a store partition of a release that kept no such index: once.
+        if complete_index(table, partition):
+            log.info("Partition %d: the local index of %s rebuilt", partition, table.name)
     return rt
 
 
-def expiry_key(ts: float, key: bytes) -> bytes:
-    """The duplicate memory's expiry index: a local key (never in the changelog) per
-    remembered id, ordered by its ts (a big-endian double sorts like the positive
-    number it holds), so expiring is a range scan in RocksDB, not a heap in memory."""
-    return EXPIRY + struct.pack(">d", ts) + key
+CLOSED = b'"closed":true'
+"""How a closed window's document says so (``dumps`` writes no spaces): the documents
+of closed windows are told apart without parsing them."""
 
 
-EXPIRY = LOCAL_PREFIX + b"e"
+def window_keys_from(kind: str, start: int) -> bytes:
+    """The first ``windows`` key of ``kind`` with a start at or after ``start`` (keys of
+    one kind sort by start: ``w.window_key_str``)."""
+    return f"{kind}|{max(int(start), 0):012d}|".encode()
 
 
-def rebuild_expiry_index(partition: int) -> None:
-    """Make the expiry index match the partition's seen-ids (it is not in the changelog,
-    so a restore leaves it stale): one pass over the ids, in RocksDB, nothing kept."""
-    stale = [(k, None) for k, _ in local_range(seen_ids, partition, EXPIRY, EXPIRY + b"\xff")]
-    writes: list[tuple[bytes, bytes | None]] = list(stale)
-    for key, value in items(seen_ids, partition):
-        writes.append((expiry_key(orjson.loads(value)[0], key), b""))
-        if len(writes) >= 10_000:
-            put_local(seen_ids, writes, partition)
-            writes = []
-    put_local(seen_ids, writes, partition)
+def load_windows(partition: int, saved: dict[str, Any]) -> w.PartitionWindows:
+    """The open windows of ``partition`` from the table, as the last commit left them:
+    only the keys from ``open_from`` on are read, and only open ones are parsed."""
+    pw = w.PartitionWindows(SPECS, settings.window_grace_seconds, settings.expedite_threshold)
+    open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
+    expedited: list[w.WindowKey] = []
+    open_from = saved.get("open_from", 0)
+    for spec in SPECS if open_from is not None else ():
+        start, stop = window_keys_from(spec.kind, open_from), spec.kind.encode() + b"}"
+        for key, value in local_range(windows, partition, start, stop):
+            if CLOSED in value:
+                continue
+            doc = orjson.loads(value)
+            wkey = w.parse_window_key(key.decode())
+            open_aggs.append((wkey, w.agg_from_json(doc)))
+            if doc.get("expedited"):
+                expedited.append(wkey)
+    pw.restore(open_aggs, saved.get("order_stream_time"), expedited)
+    return pw
 
 
 def forget_partitions(partitions: set[int]) -> None:

@@ -8,24 +8,24 @@ which agents/tracker.py commits.
 
 from __future__ import annotations
 
-import heapq
-import struct
 from decimal import Decimal
+from math import floor
 from typing import Any
 
 import orjson
 
 from agents.partition_runtime import (
-    EXPIRY,
+    CLOSED,
     RECENT,
+    SPECS,
     PartitionRuntime,
     dumps,
-    expiry_key,
     load_sku,
     partition_state_key,
     sku_key,
     source_name,
     supplier_order_doc,
+    window_keys_from,
 )
 from app.domain.events import format_ts
 from app.domain.models import Order, SkuState, StockMove, SupplierOrder
@@ -37,6 +37,7 @@ from app.engine.instance import settings
 from app.engine.stores import get, local_range
 from app.engine.transaction import Batch
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
+from tables.seen_ids import EXPIRY, entry_of, expiry_bound, expiry_key
 
 
 class BatchProcessor:
@@ -108,9 +109,84 @@ class BatchProcessor:
             self.batch.put(seen_ids, expiry_key(seen_ts, key), None)  # expired: renewed
         entry = [ts, self.src_topic, self.src_partition, offset]
         self.new_ids[key] = ts
+        # Its index key comes with it (tables/seen_ids.py).
         self.batch.put(seen_ids, key, dumps(entry))
-        self.batch.put(seen_ids, expiry_key(ts, key), b"")
         return True
+
+    def close_windows(self, pw: w.PartitionWindows) -> None:
+        """Emit the windows the stream time closed, and write every changed window."""
+        rt = self.rt
+        retention_s = settings.closed_window_retention_seconds
+        closed_time = pw.stream_time
+        for cw in pw.close_due():
+            doc = {
+                "sku": cw.sku,
+                "kind": cw.kind,
+                "window_start": format_ts(cw.window_start),
+                "window_end": format_ts(cw.window_end),
+                "orders": cw.agg.orders,
+                "units": cw.agg.units,
+                "revenue": w.revenue_out(cw.agg.revenue),
+            }
+            self.batch.emit(self.t_results, sku_key(cw.sku), dumps(doc))
+            rt.recent_results = [doc, *rt.recent_results][:RECENT]
+            key = w.window_key_str(cw.key).encode()
+            self.windows_dirty.discard(cw.key)
+            if closed_time is not None and cw.window_end + retention_s <= closed_time:
+                self.batch.put(windows, key, None)  # closed past its retention at once
+                continue
+            stored = {**w.agg_to_json(cw.agg), "closed": True, "window_end": cw.window_end}
+            self.batch.put(windows, key, dumps(stored))
+        for wkey in self.windows_dirty:
+            agg = pw.get(wkey)
+            if agg is None:  # pragma: no cover - closed above in the same batch
+                continue
+            stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
+            self.batch.put(windows, w.window_key_str(wkey).encode(), dumps(stored))
+
+    def purge_closed(self, closed_time: float) -> None:
+        """Delete the closed windows whose retention is over at ``closed_time``.
+
+        Keys of one kind sort by window start, and a window's retention ends at
+        ``start + size + CLOSED_WINDOW_RETENTION_SECONDS``: the due ones are a key range,
+        read from where the last purge stopped (``purge_from``), so nothing about closed
+        windows is kept in memory or read when a partition is set up. A window in that
+        range still open (a retention shorter than the grace) holds the cursor back.
+        """
+        rt = self.rt
+        retention_s = settings.closed_window_retention_seconds
+        staged = self.batch.table_writes
+        for spec in SPECS:
+            cut = floor(closed_time - spec.size_s - retention_s) + 1  # starts before: due
+            lo = rt.purge_from.get(spec.kind, 0)
+            if cut <= lo:
+                continue
+            held = cut
+            start, stop = window_keys_from(spec.kind, lo), window_keys_from(spec.kind, cut)
+            for key, stored in local_range(windows, self.partition, start, stop):
+                value = staged.get((windows, key), stored)  # this batch's word wins
+                if value is None:
+                    continue
+                if CLOSED not in value:
+                    held = min(held, w.parse_window_key(key.decode())[2])
+                    continue
+                self.batch.put(windows, key, None)
+            rt.purge_from[spec.kind] = held
+
+    def expire_ids(self, horizon: float) -> None:
+        """Forget the ids seen before ``horizon``, found by their index keys.
+
+        An index key can be stale (tables/seen_ids.py): its entry was renewed since (a
+        newer ts) or is gone. Only an entry whose own ts is before the horizon leaves.
+        """
+        for index_key, _ in local_range(seen_ids, self.partition, EXPIRY, expiry_bound(horizon)):
+            self.batch.put(seen_ids, index_key, None)
+            _, key = entry_of(index_key)
+            if key in self.new_ids:  # renewed in this batch: its new entry stays
+                continue
+            raw = get(seen_ids, key, self.partition)
+            if raw is not None and orjson.loads(raw)[0] < horizon:
+                self.batch.put(seen_ids, key, None)
 
     def replayed(self, offset: int) -> bool:
         """Whether this input message was applied here before.
@@ -220,51 +296,15 @@ class BatchProcessor:
     # -- end of batch ----------------------------------------------------------
     def finish(self) -> None:
         rt = self.rt
-        pw = rt.windows
-        for cw in pw.close_due():
-            doc = {
-                "sku": cw.sku,
-                "kind": cw.kind,
-                "window_start": format_ts(cw.window_start),
-                "window_end": format_ts(cw.window_end),
-                "orders": cw.agg.orders,
-                "units": cw.agg.units,
-                "revenue": w.revenue_out(cw.agg.revenue),
-            }
-            self.batch.emit(self.t_results, sku_key(cw.sku), dumps(doc))
-            rt.recent_results = [doc, *rt.recent_results][:RECENT]
-            key = w.window_key_str(cw.key).encode()
-            stored = {
-                **w.agg_to_json(cw.agg),
-                "closed": True,
-                "window_end": cw.window_end,
-            }
-            self.batch.put(windows, key, dumps(stored))
-            self.windows_dirty.discard(cw.key)
-            heapq.heappush(
-                rt.closed, (cw.window_end + settings.closed_window_retention_seconds, key)
-            )
-        for wkey in self.windows_dirty:
-            agg = pw.get(wkey)
-            if agg is None:  # pragma: no cover - closed above in the same batch
-                continue
-            stored = {**w.agg_to_json(agg), "closed": False, "expedited": wkey in pw.expedited}
-            self.batch.put(windows, w.window_key_str(wkey).encode(), dumps(stored))
-        order_time = pw.stream_time
+        pw = rt.loaded_windows  # None: no order reached this partition since its rebuild
+        if pw is not None:
+            self.close_windows(pw)
+        record = rt.windows_record()
+        order_time: float | None = record.get("order_stream_time")
         stream_time = rt.stream_time
         if stream_time is not None:
-            # Closed windows leave the table once stream time passes their retention.
-            closed_time = order_time if order_time is not None else stream_time
-            while rt.closed and rt.closed[0][0] <= closed_time:
-                _, key = heapq.heappop(rt.closed)
-                self.batch.put(windows, key, None)
-            horizon = stream_time - settings.dedupe_seconds
-            stop = EXPIRY + struct.pack(">d", horizon)
-            for index_key, _ in local_range(seen_ids, self.partition, EXPIRY, stop):
-                key = index_key[len(EXPIRY) + 8 :]
-                if key not in self.new_ids:  # a renewed id keeps its new entry
-                    self.batch.put(seen_ids, key, None)
-                self.batch.put(seen_ids, index_key, None)
+            self.purge_closed(order_time if order_time is not None else stream_time)
+            self.expire_ids(stream_time - settings.dedupe_seconds)
         for sku in self.dirty:
             state, as_of = self.states[sku]
             doc = state.to_dict()
@@ -272,7 +312,8 @@ class BatchProcessor:
             self.batch.put(sku_state, sku_key(sku), dumps(doc))
         meta = {
             "stream_time": stream_time,
-            "order_stream_time": order_time,
+            **record,
+            "purge_from": rt.purge_from,
             "counters": rt.counters,
             "watermarks": rt.watermarks,
             "sources": {

@@ -305,6 +305,9 @@ def main() -> None:
         help="restart part: static: the worker has a WORKER_INSTANCE_ID (default); dynamic: "
         "none, so the restarted worker waits out the killed member's session timeout",
     )
+    parser.add_argument(
+        "--keep-log", type=Path, default=None, help="restart part: copy the worker's log here"
+    )
     args = parser.parse_args()
 
     def bench(bootstrap: str) -> None:
@@ -360,6 +363,14 @@ def main() -> None:
                 f"restore: {records:,} changelog records, longest partition {longest_s:.2f} s "
                 f"-> {rate:,.0f} records/s (partitions restore concurrently)"
             )
+            for at, partition, _, took, _, setup in restores_since(log, spawned):
+                print(
+                    f"  partition {partition}: restored +{at - spawned - took - setup:.1f} s to "
+                    f"+{at - spawned:.1f} s after the spawn (restore {took:.2f} s, set-up "
+                    f"{setup:.2f} s)"
+                )
+            if args.keep_log is not None:
+                shutil.copyfile(worker.log_path, args.keep_log)
 
     print("(figures under whatever else runs on this machine)")
     on_a_broker(args.bootstrap, bench)

@@ -42,7 +42,15 @@ from faust.tables.recovery import Recovery
 
 from app.engine.checkpoint import Position, position_key, resume_from
 from app.engine.faults import retriable
-from app.engine.stores import get, items, owned_by, put_many
+from app.engine.stores import (
+    LOCAL_PREFIX,
+    get,
+    items,
+    local_range,
+    mark_index_complete,
+    owned_by,
+    put_many,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +145,12 @@ def wipe_partition(table: Any, partition: int) -> None:
     the position its data reflects, never an old one."""
     writes: list[tuple[bytes, bytes | None]] = [(position_key(partition), None)]
     writes.extend((key, None) for key, _ in items(table, partition))
+    # Local keys too (an index of records that are gone): the store starts empty, and
+    # an empty store's index is complete.
+    local_end = bytes([LOCAL_PREFIX[0] + 1])
+    writes.extend((key, None) for key, _ in local_range(table, partition, LOCAL_PREFIX, local_end))
     put_many(table, writes, partition)
+    mark_index_complete(table, partition)
 
 
 def recorded_position(table: Any, partition: int) -> Position | None:

@@ -5,7 +5,8 @@ wrong for an agent that processes a batch of several partitions at once. The fun
 here take the partition explicitly, for both the RocksDB and the in-memory store, and
 are the only code that reaches into Faust's store classes. Values are orjson
 documents, parsed by the caller once. It also owns the RocksDB options every store
-opens with: one memory budget for the whole worker (:func:`shared_rocksdb_memory`).
+opens with: one memory budget for the whole worker (:func:`shared_rocksdb_memory`), and
+the local indexes a table keeps beside its records (:func:`index_with`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class SharedMemoryOptions(RocksDBOptions):
         options.set_write_buffer_size(self.write_buffer_size)
         options.set_target_file_size_base(self.target_file_size_base)
         options.set_max_write_buffer_number(self.max_write_buffer_number)
+        # A restart opens 7 x TOPIC_PARTITIONS stores one after another; statistics read
+        # from every table file at open only tune compaction.
+        options.set_skip_stats_update_on_db_open(True)
         options.set_write_buffer_manager(shared.write_buffers)
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(self.bloom_filter_size, True)
@@ -169,12 +173,98 @@ def put(table: Any, key: bytes, value: bytes | None, partition: int) -> None:
         store._key_partition[key] = partition
 
 
+Write = tuple[bytes, bytes | None]
+Derive = Callable[[bytes, bytes | None], Iterable[Write]]
+"""(key, value or None for a delete) of one record -> the local writes it implies."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIndex:
+    """Local keys a table derives from each of its records (see :func:`index_with`)."""
+
+    prefix: bytes
+    """Every local key of the index starts with it."""
+    derive: Derive
+    marker: bytes
+    """Local key saying a store partition's index is complete (names the version)."""
+
+
+_indexes: dict[int, LocalIndex] = {}
+"""id(table) -> its local index."""
+
+
+def index_with(table: Any, prefix: bytes, version: str, derive: Derive) -> None:
+    """Keep local keys derived from ``table``'s records, in the same write batch as
+    the records, on every path that writes the store: a committed batch, a restore, a
+    standby replica. So an index is never rebuilt after a restore or a takeover.
+
+    ``derive`` sees only the record, not what it replaces: a record that is replaced or
+    deleted leaves its index keys behind, which the index's reader must recognise as
+    stale (by reading the record they name). Its keys start with ``prefix`` (which
+    starts with LOCAL_PREFIX). ``version`` names the index's format: a store partition
+    written by code that kept no index, or another format, is not :func:`index_complete`
+    until :func:`complete_index` made it so.
+    """
+    assert prefix.startswith(LOCAL_PREFIX) and not b"index:".startswith(prefix[1:])
+    marker = LOCAL_PREFIX + b"index:" + version.encode()
+    _indexes[id(table)] = LocalIndex(prefix, derive, marker)
+
+
+def index_complete(table: Any, partition: int) -> bool:
+    """Whether every record of the store partition went through ``table``'s index."""
+    index = _indexes.get(id(table))
+    return index is None or get(table, index.marker, partition) is not None
+
+
+def mark_index_complete(table: Any, partition: int) -> None:
+    """Record that the store partition's index is complete (an empty store's is)."""
+    index = _indexes.get(id(table))
+    if index is not None:
+        put_many(table, [(index.marker, b"")], partition)
+
+
+def complete_index(table: Any, partition: int) -> bool:
+    """Rebuild ``table``'s index in a store partition that is not :func:`index_complete`
+    (written by an older release): one pass over its records, in write batches, nothing
+    kept in memory. Whether it had to."""
+    index = _indexes.get(id(table))
+    if index is None or index_complete(table, partition):
+        return False
+    end = index.prefix[:-1] + bytes([index.prefix[-1] + 1])
+    writes: list[Write] = [(k, None) for k, _ in local_range(table, partition, index.prefix, end)]
+    for key, value in items(table, partition):
+        writes.extend(index.derive(key, value))
+        if len(writes) >= 10_000:
+            _put_raw(table, writes, partition)
+            writes = []
+    _put_raw(table, [*writes, (index.marker, b"")], partition)
+    return True
+
+
+def _with_index(table: Any, writes: Sequence[Write]) -> Sequence[Write]:
+    index = _indexes.get(id(table))
+    if index is None:
+        return writes
+    derive = index.derive
+    derived = [
+        w for key, value in writes if not key.startswith(LOCAL_PREFIX) for w in derive(key, value)
+    ]
+    # After the records' own writes: an index key written explicitly in the same batch
+    # (e.g. the delete of the one a renewed record leaves) never undoes a derived one.
+    return [*writes, *derived] if derived else writes
+
+
 def put_many(table: Any, writes: Sequence[tuple[bytes, bytes | None]], partition: int) -> None:
-    """:func:`put` of every (key, value) of ``writes``, in one RocksDB write batch.
+    """:func:`put` of every (key, value) of ``writes``, in one RocksDB write batch, with
+    the local index keys they imply (:func:`index_with`).
 
     A batch commits thousands of table writes; one write batch costs less than half
     of as many single puts.
     """
+    _put_raw(table, _with_index(table, writes), partition)
+
+
+def _put_raw(table: Any, writes: Sequence[Write], partition: int) -> None:
     store = table.data
     if not (isinstance(store, RocksDBStore) and store.use_rocksdict):
         for key, value in writes:

@@ -28,7 +28,7 @@ from app.domain.text import cut
 from app.engine import health as worker_health
 from app.engine.instance import app, settings
 from app.engine.restore import unrestored
-from app.engine.stores import items, lookup
+from app.engine.stores import get, items, lookup
 from app.engine.topics import events_by_sku, sku_partition
 from app.engine.web_server import error, json_response
 from app.serving import cluster
@@ -41,6 +41,7 @@ from tables import (
     supplier_orders,
     windows,
 )
+from tables.windows import keys_of
 
 log = logging.getLogger(__name__)
 
@@ -382,9 +383,11 @@ def windows_of(sku: str, kind: str) -> aioweb.Response:
         else w.hopping(settings.hopping_seconds, settings.hopping_step_seconds)
     )
     found: list[tuple[int, dict[str, Any]]] = []
-    for key, raw in items(windows, sku_partition(sku)):
+    partition = sku_partition(sku)
+    for key in keys_of(sku, partition):
         k_sku, k_kind, start = w.parse_window_key(key.decode())
-        if k_sku != sku or k_kind != kind:
+        raw = get(windows, key, partition)
+        if k_sku != sku or k_kind != kind or raw is None:
             continue
         stored = orjson.loads(raw)
         agg = w.agg_from_json(stored)

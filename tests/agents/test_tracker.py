@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -12,8 +12,10 @@ from faust.types import TP
 
 from agents import partition_runtime, processor, tracker
 from agents.ingest import envelope_row
-from app.engine import topics
+from app.engine import restore, topics
+from app.engine.stores import LOCAL_PREFIX, items, local_range, put_local
 from app.engine.transaction import Batch, _apply_to_stores
+from tables.seen_ids import EXPIRY
 
 ENVELOPES = topics.events_by_sku.get_topic_name()
 ORDERS = topics.orders.get_topic_name()
@@ -195,9 +197,13 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
         [order("o2", 3, T0 + 20), order("o1", 4, T0 + 21)],
         [order("o3", 5, T0 + 65), delivery("d2", 90, T0 + 66)],
         [order("o4", 1, T0 + 130), order("o5", 2, T0 + 20)],
+        [delivery("d3", 5, T0 + 140)],
+        # Past the closed windows' retention (an hour) for those of the first minutes.
+        [order("o6", 1, T0 + 3_700)],
+        [order("o7", 1, T0 + 4_100)],
     ]
 
-    def play(rebuild_each_time: bool) -> list[list[tuple[str, Any]]]:
+    def play(rebuild_each_time: bool) -> tuple[list[list[tuple[str, Any]]], list[Any]]:
         tracker.runtimes.clear()
         for table in partition_runtime.TABLES:
             table.data.data.clear()
@@ -209,9 +215,35 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
                 tracker.runtimes.clear()  # as after a restart: state from the tables only
             batch = run(feed.envelope(*events))
             outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
-        return outputs
+        held = sorted(
+            (k.decode(), orjson.loads(v)) for k, v in items(partition_runtime.windows, P)
+        )
+        return outputs, held
 
-    assert play(rebuild_each_time=True) == play(rebuild_each_time=False)
+    rebuilt, live = play(rebuild_each_time=True), play(rebuild_each_time=False)
+    assert rebuilt == live
+    held_starts = {int(key.split("|")[1]) for key, _ in live[1]}
+    # Every window of the first two minutes closed and left after its hour; later ones
+    # are still held (closed or open).
+    assert held_starts and min(held_starts) >= T0 + 3_700 - 300 - 3_600
+    assert any(doc["closed"] for _, doc in live[1]) and not all(d["closed"] for _, d in live[1])
+
+
+def test_a_rebuilt_partition_reads_its_windows_only_when_an_order_needs_them() -> None:
+    feed = Feed()
+    run(feed.envelope(order("o1", 1, T0), order("o2", 1, T0 + 70)))
+    tracker.runtimes.clear()
+    run(feed.envelope(delivery("d1", 5, T0 + 71)))  # no order: nothing to read
+    rt = tracker.runtimes[P]
+    assert rt.loaded_windows is None
+    run(feed.envelope(order("o3", 1, T0 + 72)))
+    pw = rt.loaded_windows
+    assert pw is not None and pw.stream_time == T0 + 72
+    # What the first two batches left open is what the third found (o1's tumbling
+    # window closed at T0 + 70: only o2's and o3's minute is open, with both).
+    assert [(s, e, a.orders) for s, e, a in pw.windows_for(SKU, "tumbling")] == [
+        (T0 + 60, T0 + 120, 2)
+    ]
 
 
 def envelope(offset: int, rows: list[list[Any]], marks: list[list[Any]]) -> Any:
@@ -320,16 +352,30 @@ DAY = 86_400
 
 
 def seen_keys() -> list[bytes]:
-    return [k for k, _ in partition_runtime.items(partition_runtime.seen_ids, P)]
+    return [k for k, _ in items(partition_runtime.seen_ids, P)]
 
 
 def index_keys() -> list[bytes]:
     return [
         k
-        for k, _ in partition_runtime.local_range(
-            partition_runtime.seen_ids, P, partition_runtime.EXPIRY, b"\x01"
+        for k, _ in local_range(
+            partition_runtime.seen_ids,
+            P,
+            EXPIRY,
+            EXPIRY + b"\xff",
         )
     ]
+
+
+def local_keys() -> list[tuple[bytes, bytes]]:
+    return list(local_range(partition_runtime.seen_ids, P, b"\x00", b"\x01"))
+
+
+def tracker_batch(record: Any) -> Batch:
+    """One fetch's batch, not yet written to the tables."""
+    built()
+    [batch] = list(tracker.batches(TP(ENVELOPES, P), [record]))
+    return batch
 
 
 def test_the_duplicate_memory_lasts_exactly_its_horizon_whatever_the_batching() -> None:
@@ -358,22 +404,78 @@ def test_the_duplicate_memory_lasts_exactly_its_horizon_whatever_the_batching() 
     assert play(one_batch=True) == play(one_batch=False) == (1, ["o1", "x", "y", "o1"])
 
 
-def test_expired_ids_leave_the_store_and_the_index_survives_a_rebuild() -> None:
+class ChangelogRecord(NamedTuple):
+    """What a restore fetches from a changelog (the fields app/engine/restore.py reads)."""
+
+    topic: str
+    offset: int
+    timestamp: int
+    key: bytes
+    value: bytes | None
+
+
+def restore_from(records: list[tuple[str, bytes, bytes | None, int | None]]) -> None:
+    """Wipe partition P of the tracker's tables and restore it from ``records`` (a
+    batch's changelog records), as app/engine/restore.py does."""
+    for table in partition_runtime.TABLES:
+        restore.wipe_partition(table, P)
+        name = table.changelog_topic.get_topic_name()
+        found = [
+            ChangelogRecord(name, i, 0, k, v)
+            for i, (t, k, v, _) in enumerate(r for r in records if r[0] == name)
+        ]
+        restore.apply_fetched(table, P, found, "cluster")
+    tracker.runtimes.clear()
+
+
+def test_expired_ids_leave_the_store_and_a_restore_keeps_the_index() -> None:
+    feed = Feed()
+    changelog = list(_apply_to_stores(tracker_batch(feed.envelope(order("a", 1, T0)))))
+    changelog += _apply_to_stores(tracker_batch(feed.envelope(order("b", 1, T0 + 10))))
+    assert len(seen_keys()) == 2 and len(index_keys()) == 2
+    # Nothing of the index reaches the changelog: local keys are the store's own.
+    assert changelog and not any(k.startswith(LOCAL_PREFIX) for _, k, _, _ in changelog)
+    # A restore from the changelog alone writes the index with the ids it restores.
+    restore_from(changelog)
+    assert len(seen_keys()) == 2 and len(index_keys()) == 2
+    run(feed.envelope(order("c", 1, T0 + DAY + 5)))  # a's day is over, b's is not
+    assert sorted(seen_keys()) == [f"o/{SKU}\x1f{i}".encode() for i in ("b", "c")]
+    assert len(index_keys()) == 2
+
+
+def test_a_stale_index_key_never_expires_a_renewed_id() -> None:
+    feed = Feed()
+    changelog = list(_apply_to_stores(tracker_batch(feed.envelope(order("a", 1, T0)))))
+    # A day later "a" is new again: its entry is renewed with the later ts.
+    changelog += _apply_to_stores(tracker_batch(feed.envelope(order("a", 1, T0 + DAY + 5))))
+    restore_from(changelog)
+    # The restore wrote an index key for each entry it replayed: one of them is stale.
+    assert len(seen_keys()) == 1 and len(index_keys()) == 2
+    batch = run(feed.envelope(order("x", 1, T0 + DAY + 10)))  # T0's index key expires
+    assert f"o/{SKU}\x1fa".encode() in seen_keys()
+    assert len(index_keys()) == 2  # a's live one and x's
+    assert not any(
+        v is None
+        for (t, k), v in batch.table_writes.items()
+        if t is partition_runtime.seen_ids and not k.startswith(LOCAL_PREFIX)
+    )
+    # Within a day of its renewal "a" is still a duplicate.
+    run(feed.envelope(order("a", 1, T0 + DAY + 20)))
+    assert tracker.runtimes[P].counters["duplicates"] == 1
+
+
+def test_a_store_from_a_release_without_the_index_gets_it_once() -> None:
     feed = Feed()
     run(feed.envelope(order("a", 1, T0), order("b", 1, T0 + 10)))
-    assert len(seen_keys()) == 2 and len(index_keys()) == 2
-    # As after a restore: the local index is gone or stale; a rebuild makes it again.
-    partition_runtime.put_local(partition_runtime.seen_ids, [(k, None) for k in index_keys()], P)
+    marker = [k for k, _ in local_keys() if k.startswith(b"\x00index:")]
+    assert len(marker) == 1
+    # As a store written by the previous release may be: some index keys missing.
+    put_local(partition_runtime.seen_ids, [(k, None) for k in [*index_keys(), *marker]], P)
     tracker.runtimes.clear()
     run(feed.envelope(order("c", 1, T0 + DAY + 5)))  # a's day is over, b's is not
     assert sorted(seen_keys()) == [f"o/{SKU}\x1f{i}".encode() for i in ("b", "c")]
     assert len(index_keys()) == 2
-    # Nothing of it reaches the changelog: local keys are the store's own.
-    batch = run(feed.envelope(order("d", 1, T0 + DAY + 20)))
-    written = [k for (t, k) in batch.table_writes if t is partition_runtime.seen_ids]
-    changelog = [k for t, k, _, _ in _apply_to_stores(batch) if "seen-ids" in t]
-    assert any(k.startswith(partition_runtime.EXPIRY) for k in written)
-    assert changelog and not any(k.startswith(partition_runtime.LOCAL_PREFIX) for k in changelog)
+    assert [k for k, _ in local_keys() if k.startswith(b"\x00index:")] == marker
 
 
 @pytest.fixture

@@ -136,7 +136,11 @@ def is_trusted(
     offset) applied before. The stale envelope lies below ``fresh_from``, so it was
     written before the end offsets were read; if ``N`` is at or past the source's end
     then, the source held no stable record that had not been sent: at that moment it
-    *was* read to its end, exactly what a fresh report would have said then. A source
+    *was* read to its end, exactly what a fresh report would have said then. (With
+    several brokers the end offsets come from each partition's leader, moments apart;
+    if the source's was read before the report was written, the report itself is newer
+    than the request, so either way the source was read to its end at or after the
+    moment the end offsets were asked for.) A source
     that grew meanwhile (its reader down, or slower than its producers) has an end past
     ``N``: the report does not count and the merge waits for a fresh one (at most
     ``REPORT_EVERY_S``) or for the source's records. The generation does not matter for

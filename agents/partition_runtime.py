@@ -2,12 +2,14 @@
 
 What the rules need between batches lives in memory, bounded by the SKUs and open
 windows, not by the orders: the open windows, the join's merge (waiting events and
-each input partition's progress), counters. The duplicate memory lives in RocksDB
-(``seen-ids``, with a local expiry index ordered by ts). All of it is rebuilt from the
-tables (:func:`rebuild`) the first time a partition is processed after it is assigned,
-so a restart or rebalance resumes exactly where the last committed batch left off.
-This module owns that runtime, the restorer of the tracker's tables and the encodings
-of their keys and documents.
+each input partition's progress), counters. The duplicate memory and the closed windows
+kept for HTTP live in RocksDB only (``seen-ids`` with its expiry index, ``windows`` purged
+by key range). A runtime is rebuilt from the tables (:func:`rebuild`) when its partition
+is assigned, so a restart or rebalance resumes exactly where the last committed batch
+left off. The rebuild reads one document; the open windows are read at their first use
+(:attr:`PartitionRuntime.windows`): nothing in it grows with the data, so a restart or a
+takeover is ready as soon as the stores are. This module owns that runtime, the restorer
+of the tracker's tables and the encodings of their keys and documents.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.recent_results = meta.get("recent_results", [])
     rt.saved_windows = {k: meta[k] for k in ("order_stream_time", "open_from") if k in meta}
     rt.purge_from = meta.get("purge_from", {})
-    for table in (seen_ids, windows):
+    for table in (seen_ids, windows, order_status):
         # Only for a store partition of a release that kept no such index: once.
         if complete_index(table, partition):
             log.info("Partition %d: the local index of %s rebuilt", partition, table.name)

@@ -37,6 +37,10 @@ from app.engine.instance import settings
 from app.engine.stores import get, local_range
 from app.engine.transaction import Batch
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
+from tables.order_status import EXPIRY as STATUS_EXPIRY
+from tables.order_status import entry_of as status_entry_of
+from tables.order_status import expiry_bound as status_expiry_bound
+from tables.order_status import ts_of as status_ts_of
 from tables.seen_ids import EXPIRY, entry_of, expiry_bound, expiry_key
 
 
@@ -188,6 +192,22 @@ class BatchProcessor:
             if raw is not None and orjson.loads(raw)[0] < horizon:
                 self.batch.put(seen_ids, key, None)
 
+    def expire_statuses(self, horizon: float) -> None:
+        """Delete the statuses of the orders of before ``horizon`` (ORDER_STATUS_RETENTION_
+        SECONDS), found by their index keys; one whose order_id was used again since
+        (a later ts, maybe in this batch) stays."""
+        staged = self.batch.table_writes
+        stop = status_expiry_bound(horizon)
+        for index_key, _ in local_range(order_status, self.partition, STATUS_EXPIRY, stop):
+            self.batch.put(order_status, index_key, None)
+            _, key = status_entry_of(index_key)
+            if (order_status, key) in staged:
+                raw = staged[(order_status, key)]
+            else:
+                raw = get(order_status, key, self.partition)
+            if raw is not None and status_ts_of(raw) < horizon:
+                self.batch.put(order_status, key, None)
+
     def replayed(self, offset: int) -> bool:
         """Whether this input message was applied here before.
 
@@ -305,6 +325,8 @@ class BatchProcessor:
         if stream_time is not None:
             self.purge_closed(order_time if order_time is not None else stream_time)
             self.expire_ids(stream_time - settings.dedupe_seconds)
+            if settings.order_status_retention_seconds > 0:
+                self.expire_statuses(stream_time - settings.order_status_retention_seconds)
         for sku in self.dirty:
             state, as_of = self.states[sku]
             doc = state.to_dict()

@@ -13,7 +13,7 @@ from typing import Any
 # Imported to register themselves on the app: tables, agents, HTTP views, commands.
 import agents  # noqa: F401
 import tables  # noqa: F401
-from app.engine import standby  # noqa: F401
+from app.engine import memory, standby  # noqa: F401
 from app.engine.admin import ClusterProbe
 from app.engine.instance import app, settings
 from app.serving import dashboard, metrics, web  # noqa: F401

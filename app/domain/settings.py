@@ -106,6 +106,9 @@ class Settings:
     """How long (event time) an order_id / event_id is remembered per SKU."""
     closed_window_retention_seconds: int = 3_600
     """How long (stream time) closed windows stay readable over HTTP."""
+    order_status_retention_seconds: int = 0
+    """How long (stream time past the order's ts) an order's status stays readable over
+    HTTP (``/orders/{id}``); 0 = for ever (the state on disk then grows with orders)."""
     batch_size: int = 10_000
     """Most records a fetch hands to ingest or the tracker, and most events the tracker
     applies per transaction; state is written once per key per batch."""
@@ -202,10 +205,12 @@ class Settings:
 
     @property
     def heartbeat_seconds(self) -> float:
-        """How often the worker heartbeats the group: a third of the session timeout (a
-        member that misses two in a row is still alive), at most every 2 s (a heartbeat
-        is also how a member learns that the group rebalances)."""
-        return min(2.0, self.failure_detection_seconds / 3)
+        """How often the worker heartbeats the group: at most a third of the session
+        timeout (a member that misses two in a row is still alive), and every 0.5 s: a
+        heartbeat's answer is also how a member learns that the group rebalances, so
+        this is how long a survivor may take to notice that a dead worker's partitions
+        are to be taken over (a heartbeat is one small request)."""
+        return min(0.5, self.failure_detection_seconds / 3)
 
     @property
     def advertised_url(self) -> str:
@@ -372,5 +377,6 @@ _MINIMUMS: dict[str, int] = {
     "window_grace_seconds": 0,
     "expedite_threshold": 0,
     "closed_window_retention_seconds": 0,
+    "order_status_retention_seconds": 0,
     "table_standby_replicas": 0,
 }

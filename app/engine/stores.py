@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import rocksdict
@@ -78,6 +79,27 @@ class SharedMemoryOptions(RocksDBOptions):
 
     memory: SharedMemory | None = None
     """The memory to use; None: the worker's (:func:`shared_rocksdb_memory`)."""
+
+    def open(self, path: Path, *, read_only: bool = False) -> rocksdict.Rdict:
+        """Open (or create) the store at ``path`` with these options.
+
+        Faust opens without naming column families; rocksdict then reads the options of
+        an existing store's column families from its OPTIONS file, with a block cache of
+        their own: every store reopened after a restart would have had its own cache,
+        outside STORE_MEMORY_MB. Naming the default column family gives it ours.
+        """
+        if not self.use_rocksdict:  # pragma: no cover - every table opens with rocksdict
+            db_of_faust: rocksdict.Rdict = super().open(path, read_only=read_only)
+            return db_of_faust
+        options = self.as_options()
+        db = rocksdict.Rdict(
+            str(path),
+            options=options,
+            column_families={"default": options},
+            access_type=rocksdict.AccessType.read_write(),
+        )
+        db.set_read_options(rocksdict.ReadOptions())
+        return db
 
     def as_options(self) -> rocksdict.Options:
         shared = self.memory or shared_rocksdb_memory()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -12,9 +13,11 @@ from faust.types import TP
 
 from agents import partition_runtime, processor, tracker
 from agents.ingest import envelope_row
-from app.engine import restore, topics
+from app.engine import restore, stores, topics
 from app.engine.stores import LOCAL_PREFIX, items, local_range, put_local
 from app.engine.transaction import Batch, _apply_to_stores
+from tables.order_status import EXPIRY as STATUS_EXPIRY
+from tables.order_status import keep_expiry_index
 from tables.seen_ids import EXPIRY
 
 ENVELOPES = topics.events_by_sku.get_topic_name()
@@ -481,7 +484,6 @@ def test_a_store_from_a_release_without_the_index_gets_it_once() -> None:
 @pytest.fixture
 def idle_commits(monkeypatch: Any) -> list[Batch]:
     """Idle close on (3 s); its commits go straight to the tables and are listed here."""
-    import dataclasses
 
     committed: list[Batch] = []
 
@@ -694,3 +696,31 @@ async def test_the_end_offset_is_learnt_once_per_rebuild(monkeypatch: Any) -> No
     await tracker.learn_fresh_from([P])
     assert fresh.fresh_from == 50 and len(asked) == 3
     assert fresh.source_ends == {}  # not answered for: no stale report counts
+
+
+def test_order_statuses_leave_once_their_retention_is_over(monkeypatch: Any) -> None:
+    kept = dataclasses.replace(processor.settings, order_status_retention_seconds=3_600)
+    monkeypatch.setattr(processor, "settings", kept)
+    # As at the start of a worker with ORDER_STATUS_RETENTION_SECONDS set.
+    monkeypatch.setitem(stores._indexes, id(partition_runtime.order_status), None)
+    keep_expiry_index()
+    feed = Feed()
+    run(feed.envelope(order("a", 1, T0), order("b", 1, T0 + 100)))
+
+    def status(oid: str) -> bytes | None:
+        return partition_runtime.get(partition_runtime.order_status, oid.encode(), P)
+
+    assert status("a") and status("b")
+    # An hour after a, not yet after b: a leaves, in the changelog too.
+    batch = run(feed.envelope(order("c", 1, T0 + 3_650)))
+    assert status("a") is None and status("b") and status("c")
+    assert (partition_runtime.order_status, b"a") in batch.table_writes
+    assert batch.table_writes[(partition_runtime.order_status, b"a")] is None
+    index = list(
+        local_range(partition_runtime.order_status, P, STATUS_EXPIRY, STATUS_EXPIRY + b"\xff")
+    )
+    assert len(index) == 2  # b's and c's
+    # A rebuilt runtime carries on (the index is the store's, not the runtime's).
+    tracker.runtimes.clear()
+    run(feed.envelope(order("d", 1, T0 + 3_750)))
+    assert status("b") is None and status("c") and status("d")

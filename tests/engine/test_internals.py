@@ -56,6 +56,7 @@ INTERNALS = (
     Internal(faust.stores.rocksdb.Store, "rocksdb_options", "stores: share_store_memory"),
     Internal(faust.stores.rocksdb.Store, "use_rocksdict", "stores: share_store_memory"),
     Internal(faust.stores.rocksdb.RocksDBOptions, "as_options", "stores: SharedMemoryOptions"),
+    Internal(faust.stores.rocksdb.RocksDBOptions, "open", "stores: SharedMemoryOptions.open"),
     # app/engine/transaction.py: one transaction per batch on Faust's producers.
     Internal(faust_aiokafka.Producer, "_trn_locks", "transaction: _commit_transactional"),
     Internal(faust_aiokafka.Producer, "_transaction_producers", "transaction: _ready_producer"),

@@ -193,16 +193,17 @@ def test_membership_is_dynamic_and_failure_detection_10_s_by_default() -> None:
     s = Settings.from_env({})
     assert s.worker_instance_id == ""  # no id: dynamic membership
     assert s.failure_detection_seconds == 10.0
-    assert s.heartbeat_seconds == 2.0
+    assert s.heartbeat_seconds == 0.5
 
 
 def test_membership_settings_are_parsed() -> None:
     s = Settings.from_env({"WORKER_INSTANCE_ID": "worker-1.a_b", "FAILURE_DETECTION_SECONDS": "6"})
     assert s.worker_instance_id == "worker-1.a_b"
     assert s.failure_detection_seconds == 6.0
-    # A third of the session timeout, so one lost heartbeat is no failure.
-    assert s.heartbeat_seconds == 2.0
-    assert Settings.from_env({"FAILURE_DETECTION_SECONDS": "1800"}).heartbeat_seconds == 2.0
+    # Well within a third of the session timeout (one lost heartbeat is no failure), and
+    # often, so a rebalance is noticed within half a second.
+    assert s.heartbeat_seconds == 0.5
+    assert Settings.from_env({"FAILURE_DETECTION_SECONDS": "1800"}).heartbeat_seconds == 0.5
     assert Settings.from_env({"WORKER_INSTANCE_ID": ""}).worker_instance_id == ""
 
 

@@ -38,10 +38,9 @@ from app.engine.stores import get, local_range
 from app.engine.transaction import Batch
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
 from tables.order_status import EXPIRY as STATUS_EXPIRY
-from tables.order_status import entry_of as status_entry_of
-from tables.order_status import expiry_bound as status_expiry_bound
+from tables.order_status import EXPIRY_INDEX as STATUS_INDEX
 from tables.order_status import ts_of as status_ts_of
-from tables.seen_ids import EXPIRY, entry_of, expiry_bound, expiry_key
+from tables.seen_ids import EXPIRY, EXPIRY_INDEX
 
 
 class BatchProcessor:
@@ -110,7 +109,7 @@ class BatchProcessor:
             if seen_ts >= rt.stream_time - settings.dedupe_seconds:
                 rt.counters["duplicates"] += 1
                 return False
-            self.batch.put(seen_ids, expiry_key(seen_ts, key), None)  # expired: renewed
+            self.batch.put(seen_ids, EXPIRY_INDEX.key(seen_ts, key), None)  # expired: renewed
         entry = [ts, self.src_topic, self.src_partition, offset]
         self.new_ids[key] = ts
         # Its index key comes with it (tables/seen_ids.py).
@@ -183,9 +182,11 @@ class BatchProcessor:
         An index key can be stale (tables/seen_ids.py): its entry was renewed since (a
         newer ts) or is gone. Only an entry whose own ts is before the horizon leaves.
         """
-        for index_key, _ in local_range(seen_ids, self.partition, EXPIRY, expiry_bound(horizon)):
+        for index_key, _ in local_range(
+            seen_ids, self.partition, EXPIRY, EXPIRY_INDEX.bound(horizon)
+        ):
             self.batch.put(seen_ids, index_key, None)
-            _, key = entry_of(index_key)
+            _, key = EXPIRY_INDEX.entry(index_key)
             if key in self.new_ids:  # renewed in this batch: its new entry stays
                 continue
             raw = get(seen_ids, key, self.partition)
@@ -197,10 +198,10 @@ class BatchProcessor:
         SECONDS), found by their index keys; one whose order_id was used again since
         (a later ts, maybe in this batch) stays."""
         staged = self.batch.table_writes
-        stop = status_expiry_bound(horizon)
+        stop = STATUS_INDEX.bound(horizon)
         for index_key, _ in local_range(order_status, self.partition, STATUS_EXPIRY, stop):
             self.batch.put(order_status, index_key, None)
-            _, key = status_entry_of(index_key)
+            _, key = STATUS_INDEX.entry(index_key)
             if (order_status, key) in staged:
                 raw = staged[(order_status, key)]
             else:

@@ -2,22 +2,19 @@
 
 Written in the same transaction as the order's ``order-status`` message, so the table is
 never ahead of or behind the topic. With ORDER_STATUS_RETENTION_SECONDS set, each status
-implies a local key ordered by the order's ts (:func:`expiry_key`), kept by the store on
+implies a local key ordered by the order's ts (``EXPIRY_INDEX``), kept by the store on
 every write path (app/engine/stores.py, ``index_with``), and the tracker deletes the
 statuses whose retention is over; unset, no index is kept and statuses stay.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterable
-
 import orjson
 
 from app.domain.events import parse_ts
 from app.engine.instance import settings
-from app.engine.stores import LOCAL_PREFIX, Write, index_with
-from tables.base import raw_table
+from app.engine.stores import LOCAL_PREFIX, index_with
+from tables.base import TimeIndex, raw_table
 
 order_status = raw_table("order-status", "order_id -> the order's status record")
 
@@ -29,30 +26,12 @@ def ts_of(value: bytes) -> float:
     return parse_ts(orjson.loads(value)["ts"])
 
 
-def expiry_key(ts: float, key: bytes) -> bytes:
-    return EXPIRY + struct.pack(">d", ts) + key
-
-
-def expiry_bound(ts: float) -> bytes:
-    """Index keys below this belong to orders of before ``ts``."""
-    return EXPIRY + struct.pack(">d", ts)
-
-
-def entry_of(index_key: bytes) -> tuple[float, bytes]:
-    """(ts, order_id key) of an index key."""
-    start = len(EXPIRY)
-    return struct.unpack(">d", index_key[start : start + 8])[0], index_key[start + 8 :]
-
-
-def _index(key: bytes, value: bytes | None) -> Iterable[Write]:
-    if value is None:
-        return ()
-    return ((expiry_key(ts_of(value), key), b""),)
+EXPIRY_INDEX = TimeIndex(EXPIRY)
 
 
 def keep_expiry_index() -> None:
     """Keep the expiry index (the tracker then deletes statuses past their retention)."""
-    index_with(order_status, EXPIRY, "expiry-1", _index)
+    index_with(order_status, EXPIRY, "expiry-1", EXPIRY_INDEX.derive(ts_of))
 
 
 if settings.order_status_retention_seconds > 0:

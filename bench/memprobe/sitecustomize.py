@@ -40,11 +40,12 @@ def _snapshot() -> dict[str, object]:
     for rt in getattr(runtime, "runtimes", {}).values():
         p = rt.partition
         sizes[f"tracker[{p}].merge"] = len(rt.merge)
-        sizes[f"tracker[{p}].closed"] = len(rt.closed)
         sizes[f"tracker[{p}].watermarks"] = len(rt.watermarks)
-        sizes[f"tracker[{p}].open_windows"] = len(rt.windows._accs)
-        sizes[f"tracker[{p}].window_heap"] = len(rt.windows._heap)
-        sizes[f"tracker[{p}].expedited"] = len(rt.windows._expedited)
+        pw = rt.loaded_windows  # None until the partition's first order after a rebuild
+        if pw is not None:
+            sizes[f"tracker[{p}].open_windows"] = len(pw._accs)
+            sizes[f"tracker[{p}].window_heap"] = len(pw._heap)
+            sizes[f"tracker[{p}].expedited"] = len(pw._expedited)
     waiters = sys.modules.get("agents.waiters")
     orders = getattr(waiters, "orders", None)
     if orders is not None:

@@ -10,11 +10,14 @@ Events travel in envelopes: one message per (transactional producer, SKU partiti
 batch, ``{"r": rows, "m": reports}``. A row is an event in compact form (see
 ``envelope_row``) followed by its input partition and its merge key's ``mts``; a report
 is one input partition's progress, ``[topic code, partition, mts, next offset, at end,
-group generation]``. Every SKU partition gets the reports, also one no row of the batch
-went to: that is how the tracker learns that an input partition read by any worker has
-moved past an event, or has nothing more to give. A partition read to its end says so
-again every second (``REPORT_EVERY_S``) while nothing changes, since a tracker partition
-rebuilt after a restart trusts only reports written after its rebuild.
+group generation]``; the next offset of a partition read to its end is the consumer's
+position (past any transaction markers), so the tracker can compare it with the
+partition's end offset (agents/tracker.py, ``is_trusted``). Every SKU partition gets
+the reports, also one no row of the batch went to: that is how the tracker learns that
+an input partition read by any worker has moved past an event, or has nothing more to
+give. A partition read to its end says so again every second (``REPORT_EVERY_S``) while
+nothing changes, since a tracker partition rebuilt after a restart trusts an older
+report only if the partition has not grown since.
 
 An input partition's ``mts`` so far is the metadata of its committed offset, in the same
 transaction as the envelopes, so whoever reads the partition next (after a crash or a
@@ -49,7 +52,7 @@ from app.engine.consumer import (
     Records,
     assigned_partitions,
     committed_metadata,
-    read_to_end,
+    read_to_end_at,
 )
 from app.engine.instance import app, settings
 from app.engine.producer import own_producers
@@ -146,9 +149,10 @@ class SourceState:
 
 REPORT_EVERY_S = 1.0
 """How often an input partition read to its end says so again while nothing changes: a
-tracker partition trusts "read to its end" only from envelopes written after it was
-(re)built (agents/tracker.py, ``is_fresh``), so after a restart or a rebalance it waits
-at most this long to learn it again."""
+tracker partition trusts "read to its end" from envelopes written before it was
+(re)built only if the partition has not grown since (agents/tracker.py, ``is_trusted``),
+so after a restart or a rebalance it waits at most this long to learn it again about
+one that has."""
 
 
 def has_news(state: SourceState | None, generation: int, at_end: bool, now: float) -> bool:
@@ -198,6 +202,7 @@ def build_batches(
     ends: Mapping[TP, bool] | None = None,
     generation: int = 0,
     clock: float | None = None,
+    positions: Mapping[TP, int] | None = None,
 ) -> dict[str, Pending]:
     """Group one fetch of input records into one Batch per transactional producer.
 
@@ -206,9 +211,11 @@ def build_batches(
     input partition that sent rows, or that has news (:func:`has_news`; ``clock``: now,
     time.monotonic()), reports its progress to *every* SKU partition: a partition of the
     SKU-keyed stream can apply an event only once it knows no input partition can still
-    send an older one.
+    send an older one. ``positions``: where the partitions read to their end were read to
+    (:func:`~app.engine.consumer.read_to_end_at`), their reports' next offset.
     """
     ends = ends or {}
+    positions = positions or {}
     clock = time.monotonic() if clock is None else clock
     by_tid: dict[str, Pending] = {}
     in_transaction = app.in_transaction
@@ -275,6 +282,9 @@ def build_batches(
         if batch_records:
             next_offset = batch_records[-1].offset + 1
             batch.consumed(tp, batch_records[-1].offset, mts_metadata(mts))
+        position = positions.get(tp) if at_end else None
+        if position is not None and (next_offset is None or position > next_offset):
+            next_offset = position
         shown_mts = None if mts == merge.NEVER else mts
         marks_by_tid[tid].append([code, tp.partition, shown_mts, next_offset, at_end, generation])
         pending.states[tp] = SourceState(mts, (generation, at_end), clock)
@@ -318,12 +328,13 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
     fetch loop: the tracker's envelopes come through that loop too, and while it waited
     for an ingest commit, an envelope already committed waited for the *next* ingest
     batch's commit before the tracker saw it (one whole ingest cycle per order).
-    ``read_to_end`` is read here, between two fetches, as it must be: the records it
+    ``read_to_end_at`` is read here, between two fetches, as it must be: the records it
     covers are the ones queued.
     """
     generation = app.consumer_generation_id
     assigned = assigned_partitions(INPUTS)
-    ends = read_to_end(assigned)
+    positions = read_to_end_at(assigned)
+    ends = {tp: at is not None for tp, at in positions.items()}
     clock = time.monotonic()
     if not records and not any(
         has_news(_sources.get(tp), generation, ends[tp], clock) for tp in assigned
@@ -331,7 +342,8 @@ async def ingest(records: Records, current: Callable[[], bool]) -> None:
         return  # the common idle case: nothing new
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
-    await _fetches.put(Fetch(records, current, ends, generation))
+    read_to = {tp: at for tp, at in positions.items() if at is not None}
+    await _fetches.put(Fetch(records, current, ends, generation, read_to))
 
 
 FETCHES_QUEUED = 4
@@ -345,7 +357,9 @@ async def _run_ingest() -> None:
     while True:
         fetch = await _fetches.take(settings.batch_size)
         try:
-            await ingest_fetch(fetch.records, fetch.current, fetch.ends, fetch.generation)
+            await ingest_fetch(
+                fetch.records, fetch.current, fetch.ends, fetch.generation, fetch.positions
+            )
         except Exception as exc:
             # What a failed batch committed is unknown: stop the worker; a restart
             # resumes from the offsets committed with the last complete batch.
@@ -361,6 +375,7 @@ async def ingest_fetch(
     current: Callable[[], bool],
     ends: Mapping[TP, bool],
     generation: int,
+    positions: Mapping[TP, int] | None = None,
 ) -> None:
     """orders + stock -> events-by-sku (valid) or dead-letters (invalid), one fetch (or
     several queued ones) at once: one transaction per transactional producer; they are
@@ -369,7 +384,7 @@ async def ingest_fetch(
     if not current():
         return  # a rebalance began: Faust seeks back to the committed offsets
     newest_ts = metrics.count_input(records) if records else None
-    pendings = build_batches(records, ends, generation, time.monotonic())
+    pendings = build_batches(records, ends, generation, time.monotonic(), positions)
     commits = []
     for pending in pendings.values():
         pending.batch.newest_input_ts = newest_ts

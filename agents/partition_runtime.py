@@ -79,6 +79,10 @@ class PartitionRuntime:
     """The end offset of this partition of the SKU-keyed topic right after the runtime
     was built: a source's "read to its end" counts only if its envelope is at or after
     it (agents/tracker.py, ``is_fresh``). None until known (``learn_fresh_from``)."""
+    source_ends: dict[m.Source, int] = field(default_factory=dict)
+    """The end offset (read_committed) of every input partition, read with ``fresh_from``:
+    an older envelope's "read to its end" counts if it had read that far
+    (agents/tracker.py, ``is_trusted``)."""
     read_upto: int | None = None
     """Offset after the last envelope fed to ``merge``."""
     idle_since: float = field(default_factory=time.monotonic)

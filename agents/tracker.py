@@ -45,6 +45,7 @@ from agents import waiters
 from agents.partition_runtime import (
     PartitionRuntime,
     Waiting,
+    all_sources,
     forget_partitions,
     rebuild,
     restorer,
@@ -84,42 +85,87 @@ def feed(rt: PartitionRuntime, record: Any) -> int:
             new += 1
         else:
             rt.counters["replayed"] += 1
-    generation = rt.generation
     fresh = is_fresh(rt, offset)
     for code, partition, mts, next_offset, at_end, gen in doc["m"]:
+        source = (code, partition)
         merge.report(
-            (code, partition),
+            source,
             m.NEVER if mts is None else mts,
             next_offset or 0,
-            bool(at_end) and fresh and gen >= generation,
+            bool(at_end) and is_trusted(rt, fresh, source, next_offset, gen),
         )
     rt.read_upto = offset + 1
     return new
 
 
 def is_fresh(rt: PartitionRuntime, envelope_offset: int) -> bool:
-    """Whether the "read to its end" reports of the envelope at ``envelope_offset`` may
-    be trusted: only if it was written after the runtime was built.
+    """Whether the envelope at ``envelope_offset`` was written after the runtime was
+    built: its "read to its end" reports count as they are (:func:`is_trusted`).
 
     An older envelope is read again after a restart (the committed offset is the oldest
     envelope still holding a waiting event) and may say "read to its end" of an input
     partition that has grown since, e.g. while its reader was down; trusting it, the
     tracker would not wait for that partition's unread records. The generation does not
     tell such a report apart when a restarted worker keeps its place in the group
-    (static membership, WORKER_INSTANCE_ID). Its progress (mts, next offset) still
-    counts: that is a lower bound, true for ever. Ingest says "read to its end" again
-    every second (agents/ingest.py), so a rebuilt partition soon learns it afresh.
+    (static membership, WORKER_INSTANCE_ID). Such a report counts only if the partition
+    had not grown when the runtime was built (:func:`is_trusted`). Its progress (mts,
+    next offset) always counts: that is a lower bound, true for ever. Ingest says "read
+    to its end" again every second (agents/ingest.py), so a rebuilt partition soon
+    learns it afresh about one that had grown.
     """
     return rt.fresh_from is not None and envelope_offset >= rt.fresh_from
 
 
+def is_trusted(
+    rt: PartitionRuntime, fresh: bool, source: m.Source, next_offset: int | None, gen: int
+) -> bool:
+    """Whether a report "``source`` is read to its end; its next offset is
+    ``next_offset``" (of group generation ``gen``) counts, in an envelope that
+    :func:`is_fresh` found ``fresh`` or not: a trusted end per report.
+
+    A fresh report counts if it is of the runtime's generation or later. A stale one
+    (written before the rebuild) counts if ``next_offset`` is at or past the source's
+    end offset read with ``fresh_from`` (``rt.source_ends``, read_committed, i.e. the
+    last stable offset): the source held nothing more then. Why that keeps the
+    contract's join ("an input partition that has records on the broker not yet read is
+    waited for"): ingest sends, as the next offset of a partition read to its end, its
+    consumer's position ``N`` (agents/ingest.py); every record below ``N`` was handed on
+    to it and its rows went into this envelope's transaction or an earlier one of the
+    same partition, all committed before this envelope, so into envelopes of this
+    partition at or below this one, which this runtime has fed or (below its committed
+    offset) applied before. The stale envelope lies below ``fresh_from``, so it was
+    written before the end offsets were read; if ``N`` is at or past the source's end
+    then, the source held no stable record that had not been sent: at that moment it
+    *was* read to its end, exactly what a fresh report would have said then. (With
+    several brokers the end offsets come from each partition's leader, moments apart;
+    if the source's was read before the report was written, the report itself is newer
+    than the request, so either way the source was read to its end at or after the
+    moment the end offsets were asked for.) A source
+    that grew meanwhile (its reader down, or slower than its producers) has an end past
+    ``N``: the report does not count and the merge waits for a fresh one (at most
+    ``REPORT_EVERY_S``) or for the source's records. The generation does not matter for
+    this argument: whoever read the source, everything below ``N`` was sent.
+
+    A report of an older release, or one without records before, carries no position
+    (``next_offset`` None or below the end) and is not trusted: the old rule. An end
+    offset not known (``fresh_from`` unknown, or a source the broker did not answer
+    for): not trusted either.
+    """
+    if fresh:
+        return gen >= rt.generation
+    end = rt.source_ends.get(source)
+    return end is not None and next_offset is not None and next_offset >= end
+
+
 async def learn_fresh_from(partitions: Iterable[int]) -> None:
-    """Set ``fresh_from`` of the runtimes of ``partitions`` that do not know it yet.
+    """Set ``fresh_from`` (and ``source_ends``) of the runtimes of ``partitions`` that
+    do not know it yet.
 
     Called before a fetch of envelopes is fed, so every envelope of that fetch (already
-    on the broker) is older than the end offset read here. If the broker does not
-    answer, ``fresh_from`` stays unknown (no "read to its end" counts) and the next
-    fetch asks again.
+    on the broker) is older than the end offset read here. The end offsets of every
+    input partition are read in the same request (:func:`is_trusted`). If the broker
+    does not answer, ``fresh_from`` stays unknown (no "read to its end" counts) and the
+    next fetch asks again.
     """
     unknown = {
         p: rt for p in partitions if (rt := runtimes.get(p)) is not None and rt.fresh_from is None
@@ -127,18 +173,22 @@ async def learn_fresh_from(partitions: Iterable[int]) -> None:
     if not unknown:
         return
     topic = restorer.topic
+    names = topic_names()
+    inputs = {TP(names[code], partition): (code, partition) for code, partition in all_sources()}
     try:
-        ends = await end_offsets([TP(topic, p) for p in sorted(unknown)])
+        ends = await end_offsets([*(TP(topic, p) for p in sorted(unknown)), *inputs])
     except Exception as exc:
         if not retriable(exc):
             raise
         log.info("End offsets of %s unknown for now (%r); asking again", topic, exc)
         return
+    source_ends = {source: ends[tp] for tp, source in inputs.items() if tp in ends}
     for p, rt in unknown.items():
         end = ends.get(TP(topic, p))
         # Rebuilt again meanwhile: that runtime's end offset is read at its next fetch.
         if end is not None and runtimes.get(p) is rt:
             rt.fresh_from = end
+            rt.source_ends = dict(source_ends)
 
 
 def apply_event(proc: BatchProcessor, item: Waiting) -> None:
@@ -208,7 +258,7 @@ def isolate(
     )
     fresh = rebuild(rt.partition)
     fresh.merge, fresh.generation, fresh.read_upto = rt.merge, rt.generation, rt.read_upto
-    fresh.fresh_from = rt.fresh_from
+    fresh.fresh_from, fresh.source_ends = rt.fresh_from, rt.source_ends
     runtimes[rt.partition] = fresh
     proc = start(fresh)
     for item in applied:

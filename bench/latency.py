@@ -68,10 +68,11 @@ class Seen:
 
 
 async def run(
-    worker: Worker, bootstrap: str, rate: float, seconds: float
-) -> tuple[list[float], list[list[float]]]:
+    worker: Worker, bootstrap: str, rate: float, seconds: float, warmup: float = 0.0
+) -> tuple[list[float], list[list[float]], list[tuple[float, float]]]:
     sent_at: dict[str, Seen] = {}
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (seconds into the run when sent, latency)
     stages: list[list[float]] = [[] for _ in STAGES]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     consumer = AIOKafkaConsumer(
@@ -117,18 +118,24 @@ async def run(
                     if seen is None:
                         continue
                     latencies.append(now - seen.sent)
+                    timeline.append((seen.sent - t0, now - seen.sent))
                     if seen.envelope_written is not None and seen.envelope_read is not None:
                         env_written, env_read = seen.envelope_written, seen.envelope_read
                         points = (seen.sent, env_written, env_read, r.timestamp / 1000, now)
+                        if DUMP is not None:
+                            DUMP.append([p - t0 for p in points])
                         for i in range(len(STAGES)):
                             stages[i].append(points[i + 1] - points[i])
             if done.is_set() and not sent_at:
                 return
 
+    # Orders of the warm-up (its first ``warmup`` seconds) are sent but not counted.
+    warm = int(rate * warmup)
+    t0 = time.time() + warmup
     reader = asyncio.create_task(read())
     start = time.monotonic()
     orders_parts = 4
-    for i in range(n):
+    for i in range(warm + n):
         due = start + i / rate
         delay = due - time.monotonic()
         if delay > 0:
@@ -140,9 +147,10 @@ async def run(
             await producer.send(
                 worker.topic("stock"), orjson.dumps({**move, "ts": now}), partition=i % 4
             )
-        oid = f"lat-{i}"
+        oid = f"lat-{i}" if i >= warm else f"warm-{i}"
         value = {"order_id": oid, "customer_id": "c", "sku": sku, "quantity": 1}
-        sent_at[oid] = Seen(now)
+        if i >= warm:
+            sent_at[oid] = Seen(now)
         await producer.send(
             worker.topic("orders"),
             orjson.dumps({**value, "unit_price": 1.5, "ts": now}),
@@ -156,7 +164,35 @@ async def run(
         print(f"  {len(sent_at)} orders had no status after 60 s", file=sys.stderr)
     await producer.stop()
     await consumer.stop()
-    return latencies, stages
+    return latencies, stages, timeline
+
+
+SLICE_S = 5.0
+
+DUMP: list[list[float]] | None = None
+"""With --dump: per order, its five moments (seconds into the run), for a closer look."""
+
+
+def over_time(timeline: list[tuple[float, float]]) -> str:
+    """p99 and max per SLICE_S seconds of sending, and when the slowest 1% were sent:
+    tells a start-up transient from spikes spread over the run."""
+    if not timeline:
+        return "over time: nothing"
+    slices: dict[int, list[float]] = {}
+    for sent, latency in timeline:
+        slices.setdefault(int(sent // SLICE_S), []).append(latency)
+    parts = []
+    for i in sorted(slices):
+        values = sorted(slices[i])
+        p99 = values[min(len(values) - 1, int(0.99 * len(values)))]
+        parts.append(f"{i * SLICE_S:g}s: {1000 * p99:.0f}/{1000 * values[-1]:.0f}")
+    slowest = sorted(timeline, key=lambda t: t[1])[int(0.99 * len(timeline)) :]
+    first = [sent for sent, _ in slowest if sent < SLICE_S]
+    return (
+        f"over time (p99/max ms per {SLICE_S:g} s of sending): {', '.join(parts)}; "
+        f"of the slowest 1% ({len(slowest)}), {len(first)} were sent in the first "
+        f"{SLICE_S:g} s"
+    )
 
 
 def percentiles(values: list[float]) -> str:
@@ -199,13 +235,24 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="orders per second")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--bootstrap", default=None)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="send orders for this many seconds first, not counted (the worker's start-up)",
+    )
+    parser.add_argument("--dump", default=None, help="write every order's moments (JSON)")
     args = parser.parse_args()
+    global DUMP
+    DUMP = [] if args.dump else None
 
     def bench(bootstrap: str) -> None:
         with running_worker(bootstrap) as worker:
             load_before = os.getloadavg()[0]
             cpu_before, wall_before = cpu_seconds(worker), time.monotonic()
-            lat, stages = asyncio.run(run(worker, bootstrap, args.rate, args.seconds))
+            lat, stages, timeline = asyncio.run(
+                run(worker, bootstrap, args.rate, args.seconds, args.warmup)
+            )
             cpu_used, wall = cpu_seconds(worker) - cpu_before, time.monotonic() - wall_before
             load_after = os.getloadavg()[0]
             if not lat:
@@ -215,6 +262,7 @@ def main() -> None:
             p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
             print(
                 f"order -> order-status at {args.rate:g} orders/s for {args.seconds:g} s "
+                f"(after {args.warmup:g} s not counted) "
                 f"(+1 stock move per 10 orders), {len(lat)} orders: "
                 f"p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms, "
                 f"mean {1000 * statistics.fmean(lat):.0f} ms"
@@ -225,6 +273,7 @@ def main() -> None:
                 f"(load average {load_before:.1f} before, {load_after:.1f} after, "
                 f"{os.cpu_count()} CPUs); the worker used {cpu_used:.1f} CPU-s in {wall:.1f} s"
             )
+            print(over_time(timeline))
             if stages[0]:
                 print(f"per stage, over {len(stages[0])} orders:")
                 for name, values in zip(STAGES, stages, strict=True):
@@ -242,6 +291,8 @@ def main() -> None:
                 print(histogram(worker, name, what))
 
     on_a_broker(args.bootstrap, bench)
+    if args.dump and DUMP is not None:
+        Path(args.dump).write_bytes(orjson.dumps(DUMP))
 
 
 if __name__ == "__main__":

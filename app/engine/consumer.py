@@ -129,9 +129,16 @@ def read_to_end(tps: Iterable[TP]) -> dict[TP, bool]:
     called between two fetches (from a tap handler), so the position is that of the
     records already handed on. Unknown (no fetch answered yet, a paused partition): False.
     """
+    return {tp: at is not None for tp, at in read_to_end_at(tps).items()}
+
+
+def read_to_end_at(tps: Iterable[TP]) -> dict[TP, int | None]:
+    """As :func:`read_to_end`, with where: per partition, the consumer's position (every
+    offset below it handed on, control records included) if it has reached the end the
+    broker held at the last fetch, else None."""
     if _consumer is None:
-        return dict.fromkeys(tps, False)
-    return _consumer.read_to_end(tps)
+        return dict.fromkeys(tps, None)
+    return _consumer.read_to_end_at(tps)
 
 
 @dataclass(slots=True)
@@ -144,6 +151,8 @@ class Fetch:
     ends: Mapping[TP, bool] = field(default_factory=dict)
     """:func:`read_to_end` as read when the fetch was handed on (ingest's reports)."""
     generation: int = 0
+    positions: Mapping[TP, int] = field(default_factory=dict)
+    """For the partitions read to their end then: where (:func:`read_to_end_at`)."""
 
     def size(self) -> int:
         return sum(len(batch) for batch in self.records.values())
@@ -190,7 +199,7 @@ class FetchQueue:
 
 def merged(fetches: Sequence[Fetch]) -> Fetch:
     """Consecutive fetches as one: each partition's records in offset order, the latest
-    ``ends``, ``current`` and generation.
+    ``ends`` (and ``positions``), ``current`` and generation.
 
     Stale fetches (``current()`` False: a rebalance or a stop since; the consumer seeks
     back to the committed offsets and fetches their records again) are dropped. Staleness
@@ -203,6 +212,7 @@ def merged(fetches: Sequence[Fetch]) -> Fetch:
         return live[0] if live else fetches[-1]
     records: dict[TP, list[Any]] = {}
     ends: dict[TP, bool] = {}
+    positions: dict[TP, int] = {}
     for fetch in live:
         for tp, batch in fetch.records.items():
             got = records.get(tp)
@@ -212,8 +222,11 @@ def merged(fetches: Sequence[Fetch]) -> Fetch:
                 last = got[-1].offset if got else -1
                 got.extend(r for r in batch if r.offset > last)
         ends.update(fetch.ends)
+        positions.update(fetch.positions)
     last_fetch = live[-1]
-    return Fetch(records, last_fetch.current, ends, last_fetch.generation)
+    # A partition's position counts only while its latest ``ends`` says "read to its end".
+    positions = {tp: at for tp, at in positions.items() if ends.get(tp)}
+    return Fetch(records, last_fetch.current, ends, last_fetch.generation, positions)
 
 
 FETCH_MAX_WAIT_MS = 20
@@ -340,21 +353,22 @@ class GaplessConsumer(AIOKafkaConsumer):
         global _consumer
         _consumer = self
 
-    def read_to_end(self, tps: Iterable[TP]) -> dict[TP, bool]:
+    def read_to_end_at(self, tps: Iterable[TP]) -> dict[TP, int | None]:
         thread: Any = self._thread
         consumer = thread._ensure_consumer()
         assignment = consumer._subscription.subscription
         states = None if assignment is None else assignment.assignment
-        ends: dict[TP, bool] = {}
+        ends: dict[TP, int | None] = {}
         for tp in tps:
-            at_end = False
+            at_end: int | None = None
             try:
                 state = None if states is None else states.state_value(tp)
             except (KeyError, AssertionError):  # pragma: no cover - unassigned meanwhile
                 state = None
             if state is not None and state.has_valid_position and not state.paused:
                 end = state.lso if self.in_transaction else state.highwater
-                at_end = end is not None and end >= 0 and state.position >= end
+                if end is not None and end >= 0 and state.position >= end:
+                    at_end = state.position
             ends[tp] = at_end
         return ends
 

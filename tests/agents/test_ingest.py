@@ -149,6 +149,30 @@ def test_a_partition_read_to_its_end_says_so_again_every_second() -> None:
     ingest._sources.clear()
 
 
+def test_a_partition_read_to_its_end_reports_its_consumer_position() -> None:
+    """The next offset of a report "read to its end" is where the consumer is (past any
+    transaction marker), which the tracker compares with the partition's end offset
+    (agents/tracker.py, ``is_trusted``); a partition not at its end reports its last
+    record's offset + 1 as before, or none without records."""
+    ingest._sources.clear()
+    move = {"event_id": "e1", "sku": "A", "reason": "delivery", "quantity": 5, "ts": 1_795_694_400}
+    [pending] = ingest.build_batches(
+        {TP(STOCK, 0): [record(STOCK, 0, 7, move)]},
+        ends={TP(STOCK, 0): True, TP(ORDERS, 0): True, TP(ORDERS, 1): False},
+        generation=3,
+        positions={TP(STOCK, 0): 9, TP(ORDERS, 0): 4, TP(ORDERS, 1): 12},
+    ).values()
+    reports = {
+        (m[0], m[1]): (m[3], m[4])
+        for _, _, v, _ in pending.batch.outputs
+        for m in orjson.loads(v)["m"]
+    }
+    # ORDERS/1 is not at its end: a position there (from a stale merge) is not used.
+    assert reports == {(1, 0): (9, True), (0, 0): (4, True), (0, 1): (None, False)}
+    assert pending.batch.sources == {TP(STOCK, 0): 8}  # the committed offset is unchanged
+    ingest._sources.clear()
+
+
 def test_envelopes_are_split_below_the_byte_limit() -> None:
     # Ids of 64 characters that JSON escapes (6 bytes each): 2,000 rows would be ~2.4 MB.
     wide = "\x01" * 64

@@ -599,6 +599,71 @@ def test_a_fresh_read_to_end_report_is_trusted_right_after_the_rebuild() -> None
     assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
 
 
+def at_end_at(position: int, *but: tuple[int, int]) -> list[list[Any]]:
+    """Every input partition "read to its end", ingest's consumer at ``position``."""
+    return [
+        [c, p, None, position, True, 0]
+        for c, p in partition_runtime.all_sources()
+        if (c, p) not in but
+    ]
+
+
+def stale_runtime(source_end: int) -> partition_runtime.PartitionRuntime:
+    """Partition P rebuilt when its end offset was 5 and every input partition's end
+    offset (read_committed) was ``source_end``."""
+    rt = tracker.runtimes[P] = tracker.rebuild(P)
+    rt.fresh_from = 5
+    rt.source_ends = dict.fromkeys(partition_runtime.all_sources(), source_end)
+    return rt
+
+
+def test_a_stale_read_to_end_report_is_trusted_if_its_source_held_nothing_more() -> None:
+    """A trusted end per report: an envelope written before the rebuild says "read to
+    its end" at position 7, and 7 was the source's end offset when the runtime was
+    built, so the source had nothing more to give then: the order does not wait for a
+    fresh report (which ingest sends only a second later)."""
+    stale_runtime(7)
+    tp = TP(ENVELOPES, P)
+    rec = envelope(3, [row(ORDERS, 0, 6, order("o1", 1, T0)[1], T0)], at_end_at(7))
+    [batch] = list(tracker.batches(tp, [rec]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+    assert batch.sources == {tp: 4}
+
+
+def test_a_stale_read_to_end_report_of_a_source_that_grew_is_not_trusted() -> None:
+    """The stock partition had grown past the stale report's position (8 > 7) by the
+    rebuild: it may hold an older delivery not read yet, so the order waits, until a
+    fresh report (or the stock partition's records) says otherwise. A stale report
+    without a position (an older release, or ``None``) is not trusted either."""
+    rt = stale_runtime(7)
+    rt.source_ends[(1, 0)] = 8
+    tp = TP(ENVELOPES, P)
+    rec = envelope(
+        2,
+        [row(ORDERS, 0, 6, order("o1", 1, T0)[1], T0)],
+        [*at_end_at(7, (1, 0)), [1, 0, None, 7, True, 0]],
+    )
+    [batch] = list(tracker.batches(tp, [rec]))
+    assert out(batch, topics.order_status) == []
+    assert rt.merge.progress[(1, 0)].at_end is False
+    assert batch.sources == {tp: 2}  # the waiting order's envelope is read again
+    no_position = [*at_end_at(7, (1, 0)), [1, 0, None, None, True, 0]]
+    [batch] = list(tracker.batches(tp, [envelope(3, [], no_position)]))
+    assert out(batch, topics.order_status) == []
+    # A stale report that reached the end offset counts again...
+    [batch] = list(tracker.batches(tp, [envelope(4, [], at_end_at(8))]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+
+
+def test_a_fresh_report_of_a_source_that_grew_is_trusted_and_needs_no_position() -> None:
+    rt = stale_runtime(7)
+    rt.source_ends[(1, 0)] = 8
+    tp = TP(ENVELOPES, P)
+    rec = envelope(5, [row(ORDERS, 0, 6, order("o1", 1, T0)[1], T0)], all_at_end())
+    [batch] = list(tracker.batches(tp, [rec]))
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["o1"]
+
+
 async def test_the_end_offset_is_learnt_once_per_rebuild(monkeypatch: Any) -> None:
     asked: list[list[TP]] = []
     answer: dict[TP, int] | Exception = {TP(ENVELOPES, P): 42}
@@ -610,21 +675,27 @@ async def test_the_end_offset_is_learnt_once_per_rebuild(monkeypatch: Any) -> No
         return answer
 
     monkeypatch.setattr(tracker, "end_offsets", end_offsets)
+    names = partition_runtime.topic_names()
+    sources = partition_runtime.all_sources()
+    inputs = [TP(names[c], p) for c, p in sources]
     rt = tracker.runtimes[P] = tracker.rebuild(P)
     # The broker does not answer: still unknown (nothing trusted), asked again next time.
     answer = KafkaTimeoutError()
     await tracker.learn_fresh_from([P])
-    assert rt.fresh_from is None
-    answer = {TP(ENVELOPES, P): 42}
+    assert rt.fresh_from is None and rt.source_ends == {}
+    # The input partitions' end offsets come in the same request.
+    answer = {TP(ENVELOPES, P): 42, **{tp: 10 + i for i, tp in enumerate(inputs)}}
     await tracker.learn_fresh_from([P])
     assert rt.fresh_from == 42
+    assert rt.source_ends == {s: 10 + i for i, s in enumerate(sources)}
     await tracker.learn_fresh_from([P])  # known: not asked again
-    assert asked == [[TP(ENVELOPES, P)]] * 2
+    assert asked == [[TP(ENVELOPES, P), *inputs]] * 2
     # A rebuild (a new assignment) learns it again.
     fresh = tracker.runtimes[P] = tracker.rebuild(P)
     answer = {TP(ENVELOPES, P): 50}
     await tracker.learn_fresh_from([P])
     assert fresh.fresh_from == 50 and len(asked) == 3
+    assert fresh.source_ends == {}  # not answered for: no stale report counts
 
 
 def test_order_statuses_leave_once_their_retention_is_over(monkeypatch: Any) -> None:

@@ -44,6 +44,12 @@ def test_consecutive_fetches_merge_in_offset_order_with_the_latest_ends() -> Non
     assert offsets(first, A) == [1, 2]
 
 
+def test_merged_positions_are_the_latest_of_partitions_still_read_to_their_end() -> None:
+    first = Fetch({}, live, {A: True, B: True}, generation=3, positions={A: 3, B: 7})
+    second = Fetch({A: recs(3)}, live, {A: False, B: True}, generation=3, positions={B: 9})
+    assert merged([first, second]).positions == {B: 9}
+
+
 def test_stale_fetches_are_dropped_and_refetched_records_taken_once() -> None:
     old = Fetch({A: recs(1, 2, 3)}, stale, {A: False}, generation=1)
     new = Fetch({A: recs(2, 3)}, live, {A: False}, generation=2)

@@ -86,7 +86,7 @@ INTERNALS = (
     Internal(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", "consumer"),
     Internal(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", "consumer"),
     Internal(AIOKafkaConsumer, "_fetch_max_wait_ms", "consumer: FastFetchConsumerThread"),
-    Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end"),
+    Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end_at"),
     Internal(AIOKafkaConsumer, "_coordinator", "consumer: seek_to_committed"),
     Internal(AIOKafkaConsumer, "_client", "restore: restore_partition; standby: _tail"),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
@@ -125,10 +125,11 @@ INTERNALS = (
         "_external_tps_url",
         "group: partition_urls",
     ),
-    # aiokafka's per-partition fetch state, read by consumer: read_to_end.
-    Internal(SubscriptionState, "subscription", "consumer: read_to_end"),
-    Internal(TopicPartitionState, "has_valid_position", "consumer: read_to_end"),
-    Internal(TopicPartitionState, "lso", "consumer: read_to_end"),
+    # aiokafka's per-partition fetch state, read by consumer: read_to_end_at.
+    Internal(SubscriptionState, "subscription", "consumer: read_to_end_at"),
+    Internal(TopicPartitionState, "has_valid_position", "consumer: read_to_end_at"),
+    Internal(TopicPartitionState, "lso", "consumer: read_to_end_at"),
+    Internal(TopicPartitionState, "position", "consumer: read_to_end_at (ingest's reports)"),
 )
 
 REIMPLEMENTED = {

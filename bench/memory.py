@@ -33,6 +33,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.engine.memory import TRIM_EVERY_S  # noqa: E402
 from tests.integration.harness import produce, running_worker, throwaway_broker  # noqa: E402
 
 T0 = 1_795_694_400
@@ -103,6 +104,15 @@ def main() -> None:
         help="extra environment of the worker (e.g. MALLOC_ARENA_MAX=2); repeatable",
     )
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=TRIM_EVERY_S + 5,
+        help="seconds to wait after catching up before reading RSS: by default one period "
+        "of the worker's own malloc_trim (app/engine/memory.py) and a little, so every step "
+        "is read at rest, not at a random moment of that period (RSS at catch-up is "
+        "printed too)",
+    )
+    parser.add_argument(
         "--trim",
         action="store_true",
         help="after each step, also print RSS after glibc's malloc_trim(0) in the worker "
@@ -139,6 +149,8 @@ def main() -> None:
                 t = time.monotonic()
                 worker.wait_for("/stats", lambda b, n=step: b["processed"] >= n, timeout_s=7200)
                 caught_up = time.monotonic() - t
+                rss_busy = rss_mb(pid)
+                time.sleep(args.settle)
                 rss = rss_mb(pid)
                 state, logs = disk_mb(worker.workdir), disk_mb(broker_dir)
                 rows.append((step, rss, state, logs))
@@ -150,7 +162,8 @@ def main() -> None:
                     f"after {step:>10,} orders: RSS {rss:6.0f} MB, RocksDB on disk "
                     f"{state:7.0f} MB, broker logs {logs:7.0f} MB, RocksDB cache "
                     f"{cache:4.0f} MB (memtables {memtables:3.0f} MB); caught up "
-                    f"{caught_up:.0f} s after the last write",
+                    f"{caught_up:.0f} s after the last write (RSS then {rss_busy:.0f} MB; "
+                    f"read {args.settle:.0f} s later)",
                     flush=True,
                 )
                 if "rss_kb_after_trim" in seen:

@@ -1,9 +1,10 @@
 """The app's agents: thin wiring of topics, tables and the pure rules in ``app.domain.rules``.
 
-``ingest`` and ``tracker`` are batch agents (app/engine/batch_agents.py): each gets one
+``direct`` reads the input for the tracker (the default join); ``ingest`` and
+``tracker`` are batch agents (app/engine/batch_agents.py): each gets one
 fetch of its topic at a time, as raw records; ``feeds`` holds Faust agents proper.
 """
 
-from . import feeds, ingest, tracker
+from . import direct, feeds, ingest, tracker
 
-__all__ = ["feeds", "ingest", "tracker"]
+__all__ = ["direct", "feeds", "ingest", "tracker"]

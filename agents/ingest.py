@@ -312,13 +312,6 @@ def unforeseen(record: Any, exc: Exception) -> str:
     return f"could not be processed: {type(exc).__name__}: {exc}"
 
 
-@batch_agent(
-    topics.orders,
-    topics.stock,
-    name="ingest",
-    help="orders + stock -> events-by-sku (valid, per SKU partition) or dead-letters",
-    every_fetch=True,
-)
 async def ingest(records: Records, current: Callable[[], bool]) -> None:
     """The tap handler: queue the fetch (and every input partition's end) for
     :func:`_run_ingest`.
@@ -367,9 +360,6 @@ async def _run_ingest() -> None:
             raise
 
 
-app.task(_run_ingest)
-
-
 async def ingest_fetch(
     records: Records,
     current: Callable[[], bool],
@@ -411,5 +401,14 @@ def _forget_unassigned(assigned: Iterable[TP]) -> None:
 
 INPUTS = (topics.orders.get_topic_name(), topics.stock.get_topic_name())
 
-# Ingest commits on producers of its own, side by side with the tracker's.
-own_producers(INPUTS)
+if settings.join_read == "repartition":
+    batch_agent(
+        topics.orders,
+        topics.stock,
+        name="ingest",
+        help="orders + stock -> events-by-sku (valid, per SKU partition) or dead-letters",
+        every_fetch=True,
+    )(ingest)
+    app.task(_run_ingest)
+    # Ingest commits on producers of its own, side by side with the tracker's.
+    own_producers(INPUTS)

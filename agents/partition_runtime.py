@@ -193,6 +193,29 @@ def new_merge(watermarks: dict[str, int], progress: dict[str, list[Any]]) -> m.M
     return merge
 
 
+def progress_to_resume_from(partition: int, meta: dict[str, Any]) -> dict[str, list[Any]]:
+    """What a rebuilt merge knows of each source's progress.
+
+    The repartitioned join (``JOIN_READ=repartition``) knows how far each source got
+    (``sources``): a lower bound that stays true. The direct join (agents/direct.py)
+    reads the sources itself, from where this merge can lose nothing: the last commit's
+    ``resume`` points (``Merge.resume_points``), which become the progress, so a reader
+    starting there gives every event its own merge key. A partition that the other
+    mode wrote has no such points: the direct join then reads its sources from their
+    earliest records again, and the watermarks skip what was applied.
+    """
+    if settings.join_read == "repartition":
+        return dict(meta.get("sources", {}))
+    resume = meta.get("resume")
+    if resume is None and meta.get("watermarks"):
+        log.warning(
+            "Partition %d was written by the repartitioned join: its input is read again "
+            "from the earliest records kept (what was applied is skipped)",
+            partition,
+        )
+    return dict(resume or {})
+
+
 def rebuild(partition: int) -> PartitionRuntime:
     rt = PartitionRuntime(partition)
     raw_meta = get(partition_state, partition_state_key(partition), partition)
@@ -200,7 +223,7 @@ def rebuild(partition: int) -> PartitionRuntime:
     rt.stream_time = meta.get("stream_time")
     rt.counters.update(meta.get("counters", {}))
     rt.watermarks = meta.get("watermarks", {})
-    rt.merge = new_merge(rt.watermarks, meta.get("sources", {}))
+    rt.merge = new_merge(rt.watermarks, progress_to_resume_from(partition, meta))
     rt.generation = app.consumer_generation_id
     rt.recent_expedites = meta.get("recent_expedites", [])
     rt.recent_results = meta.get("recent_results", [])

@@ -343,6 +343,10 @@ class BatchProcessor:
                 source_name(s): [None if p.mts == m.NEVER else p.mts, p.next_offset]
                 for s, p in rt.merge.progress.items()
             },
+            "resume": {
+                source_name(s): [None if mts == m.NEVER else mts, offset]
+                for s, (offset, mts) in rt.merge.resume_points().items()
+            },
             "recent_expedites": rt.recent_expedites,
             "recent_results": rt.recent_results,
         }

@@ -191,11 +191,21 @@ async def learn_fresh_from(partitions: Iterable[int]) -> None:
             rt.source_ends = dict(source_ends)
 
 
+DEAD = "d"
+"""Row kind of a rejected input message the direct join carries through the merge:
+``[DEAD, offset, dead letter, topic code, input partition]`` (agents/direct.py)."""
+
+
 def apply_event(proc: BatchProcessor, item: Waiting) -> None:
     """Apply one event of the merge (its row: the event, then its input partition)."""
     row = item.row
     proc.src_partition = row[-1]
-    if row[0] == "o":
+    if row[0] == DEAD:
+        # Once, like any event: the watermark of its input partition says if it was.
+        proc.src_topic = proc.orders_topic if row[3] == m.ORDERS else proc.stock_topic
+        if not proc.replayed(row[1]):
+            proc.batch.emit(topics.dead_letters.get_topic_name(), None, row[2])
+    elif row[0] == "o":
         proc.src_topic = proc.orders_topic
         proc.order(row[:-1])
     else:
@@ -248,7 +258,9 @@ def isolate(
     tables (the last commit), the batch's earlier events are applied again, and ``bad``
     becomes a dead letter instead, marked applied so a replay skips it too."""
     row = bad.row
-    topic = topic_names()[m.ORDERS if row[0] == "o" else m.STOCK]
+    dead = row[0] == DEAD
+    code = row[3] if dead else m.ORDERS if row[0] == "o" else m.STOCK
+    topic = topic_names()[code]
     log.warning(
         "Event %s/%s offset %s failed and goes to dead-letters: %r",
         topic,
@@ -266,9 +278,8 @@ def isolate(
     proc.src_topic, proc.src_partition = topic, row[-1]
     if not proc.replayed(row[1]):
         fresh.counters["failed"] += 1
-        proc.batch.emit(
-            topics.dead_letters.get_topic_name(), None, failed_event_letter(topic, row, exc)
-        )
+        letter = row[2] if dead else failed_event_letter(topic, row, exc)
+        proc.batch.emit(topics.dead_letters.get_topic_name(), None, letter)
     return fresh, proc
 
 
@@ -325,6 +336,13 @@ def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
         # in-memory state (it may be half-fed) and stop rather than guess.
         forget_partitions({tp.partition})
         raise
+    yield from released(tp, rt)
+
+
+def released(tp: TP, rt: PartitionRuntime, last: bool = True) -> Iterator[Batch]:
+    """Apply whatever the partition's merge releases: one Batch (to commit) per
+    ``BATCH_SIZE`` events; the last one (with ``last`` also when it is empty) also
+    moves the committed offset. An event that fails is isolated (:func:`isolate`)."""
     proc = start(rt)
     applied: list[Waiting] = []
     now = time.monotonic()
@@ -338,12 +356,14 @@ def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
         except Exception as exc:
             rt, proc = isolate(rt, applied, item, exc)
             applied = []
+            last = True
             continue
         applied.append(item)
         if len(applied) >= settings.batch_size:
             yield finish(proc, tp)
             proc, applied = start(rt), []
-    yield finish(proc, tp)
+    if applied or last:
+        yield finish(proc, tp)
 
 
 async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], bool]) -> None:
@@ -454,6 +474,10 @@ async def tracker(records: Records, current: Callable[[], bool]) -> None:
     order across the two topics). One task applies the queued fetches in order; each
     still checks ``current()`` before it applies anything.
     """
+    if settings.join_read == "direct":
+        # The direct join reads the input itself (agents/direct.py); this topic only
+        # gives the tracker its partitions (and their tables), and holds nothing new.
+        return
     await _fetches.put(Fetch(records, current))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
 
 ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
+JoinRead = Literal["direct", "repartition"]
 
 T = TypeVar("T")
 
@@ -102,6 +103,12 @@ class Settings:
     those other workers forwarded); past it such a request answers 503 at once."""
     processing_guarantee: ProcessingGuarantee = "exactly_once"
     """Kafka transactions (default) or at-least-once; only change it to measure."""
+    join_read: JoinRead = "direct"
+    """How the join gets its input. ``direct``: every worker reads every input partition
+    and applies the events of the SKUs it owns, one transaction from an order to its
+    status (agents/direct.py). ``repartition``: each worker reads its share of the input
+    partitions and forwards the events by SKU through an internal topic, two
+    transactions (agents/ingest.py); parsing then scales out with the workers."""
     dedupe_seconds: int = 86_400
     """How long (event time) an order_id / event_id is remembered per SKU."""
     closed_window_retention_seconds: int = 3_600
@@ -366,6 +373,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "replication_factor": lambda n, r: _int(n, r, minimum=1, maximum=32767),
     "store_memory_mb": lambda n, r: _int(n, r, minimum=16, maximum=1_048_576),
     "processing_guarantee": _literal(ProcessingGuarantee),
+    "join_read": _literal(JoinRead),
     "window_idle_close_seconds": _non_negative_float,
     "worker_instance_id": _instance_id,
     "failure_detection_seconds": _failure_detection,

@@ -89,3 +89,14 @@ def batch_agent(
         return handler
 
     return register
+
+
+def listed_agent(*topics: Any, name: str, help: str) -> None:
+    """List ``name`` among the agents (``faust -A app agents``) as reading ``topics``,
+    for a task that reads them with a consumer of its own (nothing is subscribed)."""
+
+    async def _not_tapped(records: Any, current: Callable[[], bool]) -> None:
+        raise AssertionError(f"{name} reads its topics itself")
+
+    manager: Any = app.agents
+    manager[name] = BatchAgent(name, _not_tapped, topics, help)

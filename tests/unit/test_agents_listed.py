@@ -10,11 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_faust_agents_lists_the_batch_agents(tmp_path: Path) -> None:
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "APP_ID": "stock-tracker"}
+@pytest.mark.parametrize(
+    ("join_read", "reader"), [("direct", "@direct"), ("repartition", "@ingest")]
+)
+def test_faust_agents_lists_the_batch_agents(tmp_path: Path, join_read: str, reader: str) -> None:
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "APP_ID": "stock-tracker",
+        "JOIN_READ": join_read,
+    }
     done = subprocess.run(
         [sys.executable, "-m", "faust", "-A", "app", "agents"],
         cwd=REPO,
@@ -31,8 +41,9 @@ def test_faust_agents_lists_the_batch_agents(tmp_path: Path) -> None:
         if line.startswith("| @")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
-    assert rows["@ingest"][0] == "orders, stock"
+    assert rows[reader][0] == "orders, stock"
+    assert ({"@direct", "@ingest"} - {reader}).isdisjoint(rows)
     assert rows["@tracker"][0] == "stock-tracker-events-by-sku"
     assert rows["@dead-letter-stats"][0] == "dead-letters"
     assert "order-status" in rows["@tracker"][1]
-    assert "dead-letters" in rows["@ingest"][1]
+    assert "dead-letters" in rows[reader][1]

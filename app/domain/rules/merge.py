@@ -140,6 +140,21 @@ class Merge(Generic[T]):
             _, _, item = heapq.heappop(heap)
             yield key, item
 
+    def resume_points(self) -> dict[Source, tuple[int, float]]:
+        """Per source, where a reader must start again for this merge to miss nothing if
+        the waiting events were lost: ``(offset, mts)``, the oldest waiting event's offset
+        and merge-key ``mts``, else the next offset and the ``mts`` so far. Reading on
+        from ``offset`` with ``mts`` as the largest ``ts`` before it gives every later
+        event its own merge key again (the waiting event's ``mts`` already includes its
+        own ``ts``)."""
+        points = {s: (p.next_offset, p.mts) for s, p in self.progress.items()}
+        for (mts, code, partition, offset), _, _ in self._heap:
+            source = (code, partition)
+            found = points.get(source)
+            if found is None or offset < found[0]:
+                points[source] = (offset, mts)
+        return points
+
     def pending(self) -> Iterator[T]:
         """The waiting events, in no particular order."""
         return (item for _, _, item in self._heap)

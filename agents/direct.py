@@ -1,0 +1,276 @@
+"""The direct join (``JOIN_READ=direct``, the default): one transaction from input to output.
+
+Every worker reads every partition of ``orders`` and ``stock`` itself (outside the
+consumer group: app/engine/input_reader.py), parses each message once, and puts the
+events of the SKUs it owns straight into the tracker's event-time merge
+(agents/tracker.py), which applies them in the contract's order. A batch's outputs, its
+table changes and where its input is to be read again commit in one transaction of
+the tracker partition, so an order's status is readable one commit after the order,
+where the repartitioned join (agents/ingest.py) needs two. The price: each worker
+parses the whole input, so parsing does not scale out with the workers.
+
+Where the input is read again. Nothing is committed to the group for the input
+topics. Each commit of a tracker partition records, per input partition, the offset
+from which its input can be read again without missing an event, and the largest
+``ts`` before it (``resume``: ``Merge.resume_points``, agents/processor.py): the oldest
+event it still holds, else how far it had read. The reader reads each input partition
+from the earliest such point among the partitions this worker owns, seeking back when
+a partition joins (a restart, a takeover): an event a partition applied before is
+skipped by its watermarks, one it holds by its merge. The merge keys are the same as on
+the first reading, since the largest ``ts`` is carried from the resume point on.
+
+A partition that gets no event still records its progress, at most every
+``PROGRESS_EVERY_S``, so a restart does not read far back for it.
+
+Dead letters. A rejected message of input partition ``i`` is dead-lettered by the
+tracker partition ``i mod N`` (N: the SKU-keyed partitions), once: it goes through that
+partition's merge like an event, and its watermark records it.
+
+"Read to its end" is this reader's own, fresh knowledge: its position has reached the
+last stable offset the broker reported at the last fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from faust.types import TP
+
+from agents.ingest import dead_letter, envelope_row, unforeseen
+from agents.partition_runtime import PartitionRuntime, Waiting, restorer, runtimes, topic_names
+from agents.tracker import DEAD, _commit, _tracker_lock, next_commit_token, released
+from app.domain.events import InvalidEvent
+from app.domain.rules import merge as m
+from app.engine import metrics, topics
+from app.engine.batch_agents import listed_agent
+from app.engine.consumer import assigned_partitions
+from app.engine.faults import retriable
+from app.engine.input_reader import InputReader, Read
+from app.engine.instance import app, settings
+from app.engine.transaction import can_commit
+
+log = logging.getLogger(__name__)
+
+READ_WAIT_S = 0.05
+"""Longest a read waits for records when none are fetched yet."""
+PROGRESS_EVERY_S = 1.0
+"""How often a partition that applied nothing commits its progress anyway."""
+RETRY_MAX_S = 5.0
+
+
+class DirectJoin:
+    """The reader and what it knows of each input partition and tracker partition."""
+
+    def __init__(self) -> None:
+        names = topic_names()
+        self.codes = {name: code for code, name in names.items()}
+        self.reader = InputReader(settings.broker_host_ports, names.values(), settings.batch_size)
+        self.adopted: dict[int, m.Merge[Waiting]] = {}
+        """Tracker partition -> the merge the reader feeds (a rebuilt one is new)."""
+        self.position: dict[TP, int] = {}
+        """Input partition -> the next offset the reader hands on."""
+        self.mts: dict[TP, float] = {}
+        """Input partition -> the largest valid ``ts`` below ``position``."""
+        self.saved_at: dict[int, float] = {}
+        """Tracker partition -> time.monotonic() of its last commit."""
+        self.restoring: dict[int, asyncio.Future[None]] = {}
+
+    async def start(self) -> None:
+        await self.reader.start(
+            {name: topics.partitions_of(t) for name, t in self._input_topics().items()}
+        )
+
+    async def stop(self) -> None:
+        await self.reader.stop()
+        self.adopted.clear()
+        self.position.clear()
+        self.mts.clear()
+
+    @staticmethod
+    def _input_topics() -> dict[str, Any]:
+        return {t.get_topic_name(): t for t in (topics.orders, topics.stock)}
+
+    def restore_missing(self) -> None:
+        """Restore the owned partitions without a runtime (one dropped after a commit
+        that raced a rebalance, and given back since)."""
+        for tp in assigned_partitions([restorer.topic]):
+            p = tp.partition
+            if p not in runtimes and p not in self.restoring:
+                self.restoring[p] = asyncio.ensure_future(self._restore(p))
+
+    async def _restore(self, partition: int) -> None:
+        try:
+            await restorer.ensure(partition)
+        except Exception:
+            log.exception("Restore of partition %d failed; trying again", partition)
+            await asyncio.sleep(1.0)
+        finally:
+            self.restoring.pop(partition, None)
+
+    def adopt(self) -> dict[int, PartitionRuntime]:
+        """Start feeding the runtimes built since the last read: seek the input back to
+        the earliest of their resume points. Returns every runtime fed from now on."""
+        for p in [p for p in self.adopted if p not in runtimes]:
+            del self.adopted[p]
+        names = topic_names()
+        seeks: dict[TP, tuple[int, float]] = {}
+        now = time.monotonic()
+        for p, rt in runtimes.items():
+            if self.adopted.get(p) is rt.merge:
+                continue
+            self.adopted[p] = rt.merge
+            self.saved_at[p] = now
+            for (code, partition), (offset, mts) in rt.merge.resume_points().items():
+                tp = TP(names[code], partition)
+                if tp not in seeks or offset < seeks[tp][0]:
+                    seeks[tp] = (offset, mts)
+        for tp, (offset, mts) in seeks.items():
+            position = self.position.get(tp)
+            if position is None or offset < position:
+                self.reader.seek(tp, offset)
+                self.position[tp], self.mts[tp] = offset, mts
+        return {p: rt for p, rt in runtimes.items() if self.adopted.get(p) is rt.merge}
+
+    def live(self, fed: dict[int, PartitionRuntime]) -> dict[int, PartitionRuntime]:
+        """Of the runtimes fed before the read, those still current (by their merge: an
+        isolated event rebuilds a runtime around the same merge)."""
+        found: dict[int, PartitionRuntime] = {}
+        for p in fed:
+            rt = runtimes.get(p)
+            if rt is not None and rt.merge is self.adopted.get(p):
+                found[p] = rt
+        return found
+
+    def feed(self, live: dict[int, PartitionRuntime], read: Read) -> None:
+        """Route one read's events (and dead letters) into the merges that own them, and
+        tell every merge how far each input partition was read."""
+        now_wall, now = time.time(), time.monotonic()
+        max_future_s = settings.max_future_seconds
+        sku_partition = topics.sku_partition
+        n_targets = topics.events_by_sku_partitions()
+        for tp, records in read.records.items():
+            code = self.codes[tp.topic]
+            is_order = code == m.ORDERS
+            source_partition = tp.partition
+            mts = self.mts.get(tp, m.NEVER)
+            letters_to = live.get(source_partition % n_targets)
+            for record in records:
+                offset = record.offset
+                try:
+                    sku, row = envelope_row(is_order, offset, record.value, now_wall, max_future_s)
+                except Exception as exc:
+                    if letters_to is not None:
+                        reason = str(exc) if isinstance(exc, InvalidEvent) else None
+                        letter = dead_letter(record, reason or unforeseen(record, exc))
+                        item = Waiting([DEAD, offset, letter, code, source_partition], 0, now)
+                        if not letters_to.merge.push((mts, code, source_partition, offset), item):
+                            letters_to.counters["replayed"] += 1
+                    continue
+                ts = row[-1]
+                if ts > mts:
+                    mts = ts
+                rt = live.get(sku_partition(sku))
+                if rt is not None:
+                    row.append(source_partition)
+                    if not rt.merge.push(
+                        (mts, code, source_partition, offset), Waiting(row, 0, now)
+                    ):
+                        rt.counters["replayed"] += 1
+            self.mts[tp] = mts
+        for tp, position in read.positions.items():
+            self.position[tp] = position
+            source = (self.codes[tp.topic], tp.partition)
+            mts = self.mts.get(tp, m.NEVER)
+            at_end = read.at_end.get(tp, False)
+            for rt in live.values():
+                rt.merge.report(source, mts, position, at_end)
+
+    async def round(self) -> None:
+        """Read once, apply what the merges release, commit per partition."""
+        self.restore_missing()
+        fed = self.adopt()
+        if not fed:
+            await asyncio.sleep(READ_WAIT_S)
+            return
+        read = await self.reader.read(READ_WAIT_S)
+        async with _tracker_lock:
+            live = self.live(fed)
+            self.feed(live, read)
+            newest_ts = metrics.count_input(read.records) if read.records else None
+            now = time.monotonic()
+            results = await asyncio.gather(
+                *(
+                    self.commit(
+                        p, rt, now - self.saved_at.get(p, 0.0) >= PROGRESS_EVERY_S, newest_ts
+                    )
+                    for p, rt in live.items()
+                ),
+                return_exceptions=True,
+            )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def commit(
+        self, partition: int, rt: PartitionRuntime, progress: bool, newest_ts: float | None
+    ) -> None:
+        """Apply and commit what the partition's merge releases (with ``progress``, also
+        a batch of no event, to record how far its input was read)."""
+        tp = TP(restorer.topic, partition)
+        merge = rt.merge
+
+        def current() -> bool:
+            now = runtimes.get(partition)
+            return now is not None and now.merge is merge and can_commit(tp)
+
+        if not current():
+            return
+        for batch in released(tp, rt, progress):
+            if tp not in batch.sources:
+                # Nothing is read from the SKU-keyed topic; its offset is committed all
+                # the same, so the group's generation fences a worker that lost the
+                # partition (and a retried commit finds its token).
+                batch.sources[tp] = 0
+                batch.metadata[tp] = next_commit_token()
+            batch.newest_input_ts = newest_ts
+            if not await _commit(tp, batch, current):
+                return
+            self.saved_at[partition] = time.monotonic()
+
+
+async def run_direct_join() -> None:
+    """The reader's task: read and apply until the worker stops; a reader that fails
+    (the broker gone for longer than its client waits) is started again."""
+    join = DirectJoin()
+    delay = 0.5
+    while True:
+        try:
+            await join.start()
+            delay = 0.5
+            while True:
+                await join.round()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not retriable(exc):
+                await app.crash(exc)
+                raise
+            log.warning("Direct join: reading the input failed, starting again: %r", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+        finally:
+            await join.stop()
+
+
+if settings.join_read == "direct":
+    app.task(run_direct_join)
+    listed_agent(
+        topics.orders,
+        topics.stock,
+        name="direct",
+        help="orders + stock, every partition -> the tracker's merge (events of the SKUs "
+        "this worker owns) or dead-letters",
+    )

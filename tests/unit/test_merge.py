@@ -143,3 +143,17 @@ def test_a_redelivered_event_is_not_queued_twice() -> None:
     assert not merge.push((1.0, ORDERS, 0, 3), "older")
     merge.report((ORDERS, 0), 1.0, 5, True)
     assert [i for _, i in merge.ready()] == ["a"]
+
+
+def test_resume_points_start_at_the_oldest_waiting_event_else_at_the_progress() -> None:
+    merge: Merge[str] = Merge([(ORDERS, 0), (STOCK, 0)])
+    merge.push((5.0, ORDERS, 0, 3), "a")
+    merge.push((9.0, ORDERS, 0, 4), "b")
+    merge.report((ORDERS, 0), 9.0, 7, True)
+    merge.report((STOCK, 0), 4.0, 2, False)
+    # Stock holds back both orders: reading orders/0 again from 3 with mts 5 gives "a"
+    # and "b" their keys again; stock/0 resumes where it got to.
+    assert merge.resume_points() == {(ORDERS, 0): (3, 5.0), (STOCK, 0): (2, 4.0)}
+    merge.report((STOCK, 0), 9.5, 3, True)
+    assert [item for _, item in merge.ready()] == ["a", "b"]
+    assert merge.resume_points() == {(ORDERS, 0): (7, 9.0), (STOCK, 0): (3, 9.5)}

@@ -40,7 +40,7 @@ from tables import order_status, partition_state, seen_ids, sku_state, supplier_
 from tables.order_status import EXPIRY as STATUS_EXPIRY
 from tables.order_status import EXPIRY_INDEX as STATUS_INDEX
 from tables.order_status import ts_of as status_ts_of
-from tables.seen_ids import EXPIRY, EXPIRY_INDEX
+from tables.seen_ids import EXPIRY, EXPIRY_INDEX, seen_key
 
 
 class BatchProcessor:
@@ -98,7 +98,7 @@ class BatchProcessor:
         second, whenever its entry actually leaves the table (at the end of a batch).
         """
         rt = self.rt
-        key = b"%s/%s\x1f%s" % (kind.encode(), sku.encode(), event_id.encode())
+        key = seen_key(kind, sku, event_id)
         seen_ts = self.new_ids.get(key)
         if seen_ts is None:
             raw = get(seen_ids, key, self.partition)

@@ -724,3 +724,17 @@ def test_order_statuses_leave_once_their_retention_is_over(monkeypatch: Any) -> 
     tracker.runtimes.clear()
     run(feed.envelope(order("d", 1, T0 + 3_750)))
     assert status("b") is None and status("c") and status("d")
+
+
+def test_a_separator_inside_a_sku_makes_no_duplicate_of_another_skus_order() -> None:
+    # "a\x1fb" + "c" and "a" + "b\x1fc" once made the same duplicate-memory key.
+    feed = Feed()
+    batch = run(
+        feed.envelope(
+            order("c", 1, T0, sku="a\x1fb"),
+            order("b\x1fc", 1, T0 + 1, sku="a"),
+            order("c", 1, T0 + 2, sku="a\x1fb"),
+        )
+    )
+    assert [s["order_id"] for s in out(batch, topics.order_status)] == ["c", "b\x1fc"]
+    assert tracker.runtimes[P].counters["duplicates"] == 1

@@ -9,8 +9,8 @@ the tracker partition, so an order's status is readable one commit after the ord
 where the repartitioned join (agents/ingest.py) needs two. The price: each worker
 parses the whole input, so parsing does not scale out with the workers.
 
-Where the input is read again. Nothing is committed to the group for the input
-topics. Each commit of a tracker partition records, per input partition, the offset
+Where the input is read again. Each commit of a tracker partition records, per input
+partition, the offset
 from which its input can be read again without missing an event, and the largest
 ``ts`` before it (``resume``: ``Merge.resume_points``, agents/processor.py): the oldest
 event it still holds, else how far it had read. The reader reads each input partition
@@ -21,6 +21,12 @@ the first reading, since the largest ``ts`` is carried from the resume point on.
 
 A partition that gets no event still records its progress, at most every
 ``PROGRESS_EVERY_S``, so a restart does not read far back for it.
+
+What the consumer group shows. The offsets committed to the group for the input
+topics are not where anything resumes: tracker partition ``i mod N`` commits, with each
+of its transactions, how far this worker's reader has read input partition ``i``, for
+lag monitors (``kafka-consumer-groups``) and the injector's barriers, as ingest's
+committed offsets would show it in the other mode.
 
 Dead letters. A rejected message of input partition ``i`` is dead-lettered by the
 tracker partition ``i mod N`` (N: the SKU-keyed partitions), once: it goes through that
@@ -39,7 +45,7 @@ from typing import Any
 
 from faust.types import TP
 
-from agents.ingest import dead_letter, envelope_row, unforeseen
+from agents.ingest import dead_letter, envelope_row, mts_metadata, unforeseen
 from agents.partition_runtime import PartitionRuntime, Waiting, restorer, runtimes, topic_names
 from agents.tracker import DEAD, _commit, _tracker_lock, next_commit_token, released
 from app.domain.events import InvalidEvent
@@ -76,6 +82,10 @@ class DirectJoin:
         """Input partition -> the largest valid ``ts`` below ``position``."""
         self.saved_at: dict[int, float] = {}
         """Tracker partition -> time.monotonic() of its last commit."""
+        self.saved_resume: dict[int, dict[m.Source, tuple[int, float]]] = {}
+        """Tracker partition -> the resume points its last commit recorded."""
+        self.saved_offsets: dict[int, dict[TP, int]] = {}
+        """Tracker partition -> the input offsets its last commit showed the group."""
         self.restoring: dict[int, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
@@ -123,6 +133,8 @@ class DirectJoin:
                 continue
             self.adopted[p] = rt.merge
             self.saved_at[p] = now
+            self.saved_resume[p] = rt.merge.resume_points()
+            self.saved_offsets.pop(p, None)
             for (code, partition), (offset, mts) in rt.merge.resume_points().items():
                 tp = TP(names[code], partition)
                 if tp not in seeks or offset < seeks[tp][0]:
@@ -203,9 +215,7 @@ class DirectJoin:
             now = time.monotonic()
             results = await asyncio.gather(
                 *(
-                    self.commit(
-                        p, rt, now - self.saved_at.get(p, 0.0) >= PROGRESS_EVERY_S, newest_ts
-                    )
+                    self.commit(p, rt, self.progress_due(p, rt, now), newest_ts)
                     for p, rt in live.items()
                 ),
                 return_exceptions=True,
@@ -213,6 +223,23 @@ class DirectJoin:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    def shown_offsets(self, partition: int) -> dict[TP, int]:
+        """The reader's positions in the input partitions whose dead letters
+        ``partition`` writes (``i mod N``): what its commits show the consumer group."""
+        n = topics.events_by_sku_partitions()
+        return {tp: pos for tp, pos in self.position.items() if tp.partition % n == partition}
+
+    def progress_due(self, partition: int, rt: PartitionRuntime, now: float) -> bool:
+        """Whether the partition commits even if it applies nothing: the input offsets it
+        shows moved, or its resume points did and PROGRESS_EVERY_S passed."""
+        if app.in_transaction and self.shown_offsets(partition) != self.saved_offsets.get(
+            partition
+        ):
+            return True
+        if now - self.saved_at.get(partition, 0.0) < PROGRESS_EVERY_S:
+            return False
+        return rt.merge.resume_points() != self.saved_resume.get(partition)
 
     async def commit(
         self, partition: int, rt: PartitionRuntime, progress: bool, newest_ts: float | None
@@ -228,6 +255,8 @@ class DirectJoin:
 
         if not current():
             return
+        shown = self.shown_offsets(partition) if app.in_transaction else {}
+        committed = False
         for batch in released(tp, rt, progress):
             if tp not in batch.sources:
                 # Nothing is read from the SKU-keyed topic; its offset is committed all
@@ -235,10 +264,20 @@ class DirectJoin:
                 # partition (and a retried commit finds its token).
                 batch.sources[tp] = 0
                 batch.metadata[tp] = next_commit_token()
+            for input_tp, position in shown.items():
+                # Not where the input is read again from (that is the resume points):
+                # how far this worker has read, for lag monitors and the injector's
+                # barriers (app/tools/inject.py), as ingest's offsets show it.
+                batch.sources[input_tp] = position
+                batch.metadata[input_tp] = mts_metadata(self.mts.get(input_tp, m.NEVER))
             batch.newest_input_ts = newest_ts
             if not await _commit(tp, batch, current):
                 return
             self.saved_at[partition] = time.monotonic()
+            self.saved_offsets[partition] = shown
+            committed = True
+        if committed:
+            self.saved_resume[partition] = rt.merge.resume_points()
 
 
 async def run_direct_join() -> None:

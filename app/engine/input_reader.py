@@ -16,13 +16,14 @@ transactions are not yet readable).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
+from app.engine import metrics
 from app.engine.consumer import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class InputReader:
         self.max_records = max_records
         self._consumer: AIOKafkaConsumer | None = None
         self._paused: set[TopicPartition] = set()
+        self._lag: dict[TP, int] = {}
+        self._unregister: Callable[[], None] | None = None
 
     async def start(self, partitions: Mapping[str, int]) -> None:
         """Start reading: ``partitions`` is the partition count of each topic. Every
@@ -68,8 +71,13 @@ class InputReader:
         consumer.pause(*tps)
         self._paused = set(tps)
         self._consumer = consumer
+        self._unregister = metrics.lag_source(lambda: self._lag)
 
     async def stop(self) -> None:
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
+        self._lag = {}
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -115,4 +123,7 @@ class InputReader:
             tp = TP(atp.topic, atp.partition)
             read.positions[tp] = state.position
             end = state.lso
-            read.at_end[tp] = end is not None and end >= 0 and state.position >= end
+            known = end is not None and end >= 0
+            read.at_end[tp] = known and state.position >= end
+            if known:
+                self._lag[tp] = max(end - state.position, 0)

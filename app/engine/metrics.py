@@ -318,15 +318,32 @@ def consumer_lag() -> list[tuple[Labels, float]]:
             continue
         labels: Labels = (("topic", tp.topic), ("partition", str(tp.partition)))
         found.append((labels, float(max(highwater - done, 0))))
+    for source in _lag_sources:
+        for tp, lag in source().items():
+            if tp not in assigned:
+                labels = (("topic", tp.topic), ("partition", str(tp.partition)))
+                found.append((labels, float(lag)))
     return found
+
+
+_lag_sources: list[Callable[[], dict[Any, int]]] = []
+
+
+def lag_source(source: Callable[[], dict[Any, int]]) -> Callable[[], None]:
+    """Add ``source`` (per partition, its lag) to the consumer lag, for a reader outside
+    the group (app/engine/input_reader.py); returns the function that removes it."""
+    _lag_sources.append(source)
+    return lambda: _lag_sources.remove(source)
 
 
 REGISTRY.register(
     Gauge(
         "stock_tracker_consumer_lag",
         "Offsets not yet committed per assigned input partition (high-water mark minus "
-        "committed offset; 1 when caught up on the transactional SKU-keyed topic); "
-        "partitions not fetched yet are left out.",
+        "committed offset; 1 when caught up on the transactional SKU-keyed topic), or, "
+        "for the direct join's reader of every input partition, not yet read into the "
+        "join (last stable offset minus position); partitions not fetched yet are left "
+        "out.",
         consumer_lag,
     )
 )

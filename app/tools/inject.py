@@ -240,9 +240,12 @@ class Injector:
     async def _wait_for_worker(self) -> None:
         """Until the worker's consumer group committed past everything produced.
 
-        The ingest agent commits its input offsets in the transaction that writes the
-        regrouped events, so a committed offset means those events are already in
-        order in the SKU-keyed stream, ahead of anything produced after this.
+        The ingest agent (``JOIN_READ=repartition``) commits its input offsets in the
+        transaction that writes the regrouped events, so a committed offset means those
+        events are already in order in the SKU-keyed stream, ahead of anything produced
+        after this. The direct join commits, with a tracker partition's transaction,
+        how far the worker's reader had read when its events went into the join
+        (agents/direct.py), so they are ahead of anything produced after this too.
         """
         deadline = time.monotonic() + self.sync_timeout
         while True:

@@ -95,10 +95,13 @@ def kill_during(worker: Worker, target: int, fraction: float) -> int:
     return processed
 
 
-def test_sigkill_mid_stream_loses_and_doubles_nothing(worker_factory: Any, kafka: str) -> None:
+@pytest.mark.parametrize("join_read", ["direct", "repartition"])
+def test_sigkill_mid_stream_loses_and_doubles_nothing(
+    worker_factory: Any, kafka: str, join_read: str
+) -> None:
     initial, stream, restock = make_events(seed=7, skus=300, orders=21_000)
     oracle = Oracle()
-    worker: Worker = worker_factory()
+    worker: Worker = worker_factory(JOIN_READ=join_read)
     worker.start()
 
     # Phase A: opening stock.
@@ -127,6 +130,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(worker_factory: Any, kafka
     checked = check_results(worker, kafka, oracle)
 
     figures = {
+        "join_read": join_read,
         "events_produced": len(initial) + len(stream) + len(restock),
         "events_applied": oracle.applied,
         "duplicates_in_input": oracle.duplicates,
@@ -136,5 +140,5 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(worker_factory: Any, kafka
         "supplier_order_changes": checked["supplier_order_changes"],
     }
     (REPO / "artifacts").mkdir(exist_ok=True)
-    (REPO / "artifacts" / "crash-test.json").write_text(json.dumps(figures, indent=2))
+    (REPO / "artifacts" / f"crash-test-{join_read}.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))

@@ -130,12 +130,18 @@ BACKLOG = dict(seed=11, skus=30, orders=2_400, moves=700)
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "workers"),
-    [(1, 1), (100, 1), (10_000, 1), (10_000, 2)],
-    ids=["batch-1", "batch-100", "batch-10000", "two-workers"],
+    ("batch_size", "workers", "join_read"),
+    [
+        (1, 1, "direct"),
+        (100, 1, "direct"),
+        (10_000, 1, "direct"),
+        (10_000, 2, "direct"),
+        (100, 2, "repartition"),
+    ],
+    ids=["batch-1", "batch-100", "batch-10000", "two-workers", "two-workers-repartitioned"],
 )
 def test_a_backlog_is_applied_in_the_contracts_merge_order(
-    worker_factory: Any, kafka: str, batch_size: int, workers: int
+    worker_factory: Any, kafka: str, batch_size: int, workers: int, join_read: str
 ) -> None:
     backlog = make_backlog(**BACKLOG)
     oracle = merge_oracle(backlog)
@@ -144,10 +150,11 @@ def test_a_backlog_is_applied_in_the_contracts_merge_order(
     for topic, _, value in backlog:
         naive.apply("o" if topic == "orders" else "s", value)
     assert naive.statuses != oracle.statuses
-    first: Worker = worker_factory(BATCH_SIZE=str(batch_size))
+    first: Worker = worker_factory(BATCH_SIZE=str(batch_size), JOIN_READ=join_read)
     write_backlog(first, kafka, backlog)
     group = [first] + [
-        worker_factory(first.app_id, BATCH_SIZE=str(batch_size)) for _ in range(workers - 1)
+        worker_factory(first.app_id, BATCH_SIZE=str(batch_size), JOIN_READ=join_read)
+        for _ in range(workers - 1)
     ]
     for w in group:
         w.start(wait=False)
@@ -158,12 +165,13 @@ def test_a_backlog_is_applied_in_the_contracts_merge_order(
     check_results(first, kafka, oracle, timeout_s=300)
 
 
+@pytest.mark.parametrize("join_read", ["direct", "repartition"])
 def test_a_sigkill_in_the_middle_of_a_catch_up_changes_nothing(
-    worker_factory: Any, kafka: str
+    worker_factory: Any, kafka: str, join_read: str
 ) -> None:
     backlog = make_backlog(seed=12, skus=40, orders=12_000, moves=3_000)
     oracle = merge_oracle(backlog)
-    worker: Worker = worker_factory(BATCH_SIZE="500")
+    worker: Worker = worker_factory(BATCH_SIZE="500", JOIN_READ=join_read)
     write_backlog(worker, kafka, backlog)
     worker.start()
     kill_during(worker, oracle.applied, 0.4)

@@ -45,9 +45,9 @@ from typing import Any
 
 from faust.types import TP
 
-from agents.ingest import dead_letter, envelope_row, mts_metadata, unforeseen
 from agents.partition_runtime import PartitionRuntime, Waiting, restorer, runtimes, topic_names
-from agents.tracker import DEAD, _commit, _tracker_lock, next_commit_token, released
+from agents.rows import dead_letter, envelope_row, mts_metadata, unforeseen
+from agents.tracker import DEAD, _commit, next_commit_token, partition_lock, release_one
 from app.domain.events import InvalidEvent
 from app.domain.rules import merge as m
 from app.engine import metrics, topics
@@ -56,7 +56,7 @@ from app.engine.consumer import assigned_partitions
 from app.engine.faults import retriable
 from app.engine.input_reader import InputReader, Read
 from app.engine.instance import app, settings
-from app.engine.transaction import can_commit
+from app.engine.transaction import Batch, can_commit
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ READ_WAIT_S = 0.05
 """Longest a read waits for records when none are fetched yet."""
 PROGRESS_EVERY_S = 1.0
 """How often a partition that applied nothing commits its progress anyway."""
+WAITING_MOST = 50_000
+"""Most events waiting in this worker's merges before the reader waits for a commit."""
 RETRY_MAX_S = 5.0
 
 
@@ -87,6 +89,12 @@ class DirectJoin:
         self.saved_offsets: dict[int, dict[TP, int]] = {}
         """Tracker partition -> the input offsets its last commit showed the group."""
         self.restoring: dict[int, asyncio.Future[None]] = {}
+        self.drivers: dict[int, asyncio.Future[None]] = {}
+        """Tracker partition -> the task applying and committing its events."""
+        self.dirty: set[int] = set()
+        """Tracker partitions that got input since their driver last looked."""
+        self.newest_ts: float | None = None
+        """Kafka timestamp of the newest input record read (the latency metric)."""
 
     async def start(self) -> None:
         await self.reader.start(
@@ -201,28 +209,96 @@ class DirectJoin:
                 rt.merge.report(source, mts, position, at_end)
 
     async def round(self) -> None:
-        """Read once, apply what the merges release, commit per partition."""
+        """Read once and hand each partition that got something to its driver."""
         self.restore_missing()
         fed = self.adopt()
         if not fed:
             await asyncio.sleep(READ_WAIT_S)
             return
+        await self.drain()
         read = await self.reader.read(READ_WAIT_S)
-        async with _tracker_lock:
-            live = self.live(fed)
-            self.feed(live, read)
-            newest_ts = metrics.count_input(read.records) if read.records else None
-            now = time.monotonic()
-            results = await asyncio.gather(
-                *(
-                    self.commit(p, rt, self.progress_due(p, rt, now), newest_ts)
-                    for p, rt in live.items()
-                ),
-                return_exceptions=True,
-            )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        live = self.live(fed)
+        self.feed(live, read)
+        if read.records:
+            self.newest_ts = metrics.count_input(read.records)
+        for p in live:
+            self.kick(p)
+
+    async def drain(self) -> None:
+        """Read on only while fewer than WAITING_MOST events wait in this worker's merges,
+        or no commit is under way (events that wait for a lagging input partition are
+        released only by reading on)."""
+        while self.drivers and sum(len(rt.merge) for rt in runtimes.values()) > WAITING_MOST:
+            await asyncio.wait(list(self.drivers.values()), return_when=asyncio.FIRST_COMPLETED)
+
+    def kick(self, partition: int) -> None:
+        """The partition got input: its driver applies and commits what is released."""
+        self.dirty.add(partition)
+        if partition not in self.drivers:
+            self.drivers[partition] = asyncio.ensure_future(self.drive(partition))
+
+    async def drive(self, partition: int) -> None:
+        """Apply and commit the partition's released events, one batch at a time, until
+        nothing new came in meanwhile; each partition has its own transactions, so one
+        partition's commit never waits for another's."""
+        try:
+            await self._drive(partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # What the failed batch applied is unknown: stop the worker; a restart
+            # resumes from the tables' last commit.
+            await app.crash(exc)
+            raise
+        finally:
+            self.drivers.pop(partition, None)
+
+    async def _drive(self, partition: int) -> None:
+        tp = TP(restorer.topic, partition)
+        while partition in self.dirty:
+            self.dirty.discard(partition)
+            async with partition_lock(partition):
+                rt = runtimes.get(partition)
+                merge = self.adopted.get(partition)
+                if rt is None or rt.merge is not merge:
+                    return
+
+                def current(merge: m.Merge[Waiting] | None = merge) -> bool:
+                    now = runtimes.get(partition)
+                    return now is not None and now.merge is merge and can_commit(tp)
+
+                if not current():
+                    return
+                progress = self.progress_due(partition, rt, time.monotonic())
+                rt, batch, more = release_one(tp, rt, progress)
+                if batch is None:
+                    continue
+                resume = rt.merge.resume_points()  # as the batch records them
+                shown = self.shown_offsets(partition) if app.in_transaction else {}
+                self.decorate(tp, batch, shown)
+                if not await _commit(tp, batch, current):
+                    return
+                self.saved_at[partition] = time.monotonic()
+                self.saved_offsets[partition] = shown
+                self.saved_resume[partition] = resume
+            if more:
+                self.dirty.add(partition)
+
+    def decorate(self, tp: TP, batch: Batch, shown: dict[TP, int]) -> None:
+        """Add the offsets a commit of the direct join carries."""
+        if tp not in batch.sources:
+            # Nothing is read from the SKU-keyed topic; its offset is committed all the
+            # same, so the group's generation fences a worker that lost the partition
+            # (and a retried commit finds its token).
+            batch.sources[tp] = 0
+            batch.metadata[tp] = next_commit_token()
+        for input_tp, position in shown.items():
+            # Not where the input is read again from (that is the resume points): how
+            # far this worker has read, for lag monitors and the injector's barriers
+            # (app/tools/inject.py), as ingest's offsets show it.
+            batch.sources[input_tp] = position
+            batch.metadata[input_tp] = mts_metadata(self.mts.get(input_tp, m.NEVER))
+        batch.newest_input_ts = self.newest_ts
 
     def shown_offsets(self, partition: int) -> dict[TP, int]:
         """The reader's positions in the input partitions whose dead letters
@@ -241,44 +317,6 @@ class DirectJoin:
             return False
         return rt.merge.resume_points() != self.saved_resume.get(partition)
 
-    async def commit(
-        self, partition: int, rt: PartitionRuntime, progress: bool, newest_ts: float | None
-    ) -> None:
-        """Apply and commit what the partition's merge releases (with ``progress``, also
-        a batch of no event, to record how far its input was read)."""
-        tp = TP(restorer.topic, partition)
-        merge = rt.merge
-
-        def current() -> bool:
-            now = runtimes.get(partition)
-            return now is not None and now.merge is merge and can_commit(tp)
-
-        if not current():
-            return
-        shown = self.shown_offsets(partition) if app.in_transaction else {}
-        committed = False
-        for batch in released(tp, rt, progress):
-            if tp not in batch.sources:
-                # Nothing is read from the SKU-keyed topic; its offset is committed all
-                # the same, so the group's generation fences a worker that lost the
-                # partition (and a retried commit finds its token).
-                batch.sources[tp] = 0
-                batch.metadata[tp] = next_commit_token()
-            for input_tp, position in shown.items():
-                # Not where the input is read again from (that is the resume points):
-                # how far this worker has read, for lag monitors and the injector's
-                # barriers (app/tools/inject.py), as ingest's offsets show it.
-                batch.sources[input_tp] = position
-                batch.metadata[input_tp] = mts_metadata(self.mts.get(input_tp, m.NEVER))
-            batch.newest_input_ts = newest_ts
-            if not await _commit(tp, batch, current):
-                return
-            self.saved_at[partition] = time.monotonic()
-            self.saved_offsets[partition] = shown
-            committed = True
-        if committed:
-            self.saved_resume[partition] = rt.merge.resume_points()
-
 
 async def run_direct_join() -> None:
     """The reader's task: read and apply until the worker stops; a reader that fails
@@ -292,6 +330,8 @@ async def run_direct_join() -> None:
             while True:
                 await join.round()
         except asyncio.CancelledError:
+            for task in list(join.drivers.values()):
+                task.cancel()
             raise
         except Exception as exc:
             if not retriable(exc):

@@ -342,7 +342,24 @@ def batches(tp: TP, records: Sequence[Any]) -> Iterator[Batch]:
 def released(tp: TP, rt: PartitionRuntime, last: bool = True) -> Iterator[Batch]:
     """Apply whatever the partition's merge releases: one Batch (to commit) per
     ``BATCH_SIZE`` events; the last one (with ``last`` also when it is empty) also
-    moves the committed offset. An event that fails is isolated (:func:`isolate`)."""
+    moves the committed offset. An event that fails is isolated (:func:`isolate`).
+
+    The caller commits each Batch before asking for the next (the next one reads the
+    tables the last one wrote)."""
+    while True:
+        rt, batch, more = release_one(tp, rt, last)
+        if batch is not None:
+            yield batch
+        if not more:
+            return
+
+
+def release_one(
+    tp: TP, rt: PartitionRuntime, last: bool = True
+) -> tuple[PartitionRuntime, Batch | None, bool]:
+    """Apply what the partition's merge releases, up to ``BATCH_SIZE`` events: (the
+    runtime, new if an event was isolated; the Batch, None if nothing was applied and
+    not ``last``; whether the batch is full, so more may be released)."""
     proc = start(rt)
     applied: list[Waiting] = []
     now = time.monotonic()
@@ -360,10 +377,10 @@ def released(tp: TP, rt: PartitionRuntime, last: bool = True) -> Iterator[Batch]
             continue
         applied.append(item)
         if len(applied) >= settings.batch_size:
-            yield finish(proc, tp)
-            proc, applied = start(rt), []
+            return rt, finish(proc, tp), True
     if applied or last:
-        yield finish(proc, tp)
+        return rt, finish(proc, tp), False
+    return rt, None, False
 
 
 async def track_partition(tp: TP, records: Sequence[Any], current: Callable[[], bool]) -> None:
@@ -409,8 +426,9 @@ async def idle_tick(now: float | None = None) -> int:
     ``w.idle_stream_time`` gives; if that closes a held window, the stream time moves
     there and one transaction writes the window results and the tables
     (``BatchProcessor.finish``) with no input offsets. Otherwise nothing moves, so the
-    stream time in memory is always the committed one. Runs under the tracker's lock,
-    between batches. Returns how many partitions committed.
+    stream time in memory is always the committed one. Runs under the tracker's lock
+    and each partition's (``partition_lock``), between batches. Returns how many
+    partitions committed.
     """
     idle_s = settings.window_idle_close_seconds
     if idle_s <= 0:
@@ -418,24 +436,31 @@ async def idle_tick(now: float | None = None) -> int:
     committed = 0
     async with _tracker_lock:
         now = time.monotonic() if now is None else now
-        for partition, rt in sorted(runtimes.items()):
-            if len(rt.merge):
-                # Events wait for a lagging input partition: not idle, and moving its
-                # stream time on would make them late.
-                continue
-            if rt.idle_base is None:
-                rt.idle_base = rt.windows.stream_time
-            target = w.idle_stream_time(rt.idle_base, now - rt.idle_since, idle_s)
-            due = rt.windows.next_close_at
-            if target is None or due is None or due > target:
-                continue
-            tp = TP(restorer.topic, partition)
-            if runtimes.get(partition) is not rt or not can_commit(tp):
-                continue
-            rt.windows.advance(target)
-            await _commit(tp, finish(BatchProcessor(rt, Batch(table_partition=partition))))
-            committed += 1
+        for partition in sorted(runtimes):
+            async with partition_lock(partition):
+                committed += await _idle_close(partition, now, idle_s)
     return committed
+
+
+async def _idle_close(partition: int, now: float, idle_s: float) -> int:
+    """:func:`idle_tick` for one partition, under its locks: 1 if it committed."""
+    rt = runtimes.get(partition)
+    if rt is None or len(rt.merge):
+        # Events wait for a lagging input partition: not idle, and moving its stream
+        # time on would make them late.
+        return 0
+    if rt.idle_base is None:
+        rt.idle_base = rt.windows.stream_time
+    target = w.idle_stream_time(rt.idle_base, now - rt.idle_since, idle_s)
+    due = rt.windows.next_close_at
+    if target is None or due is None or due > target:
+        return 0
+    tp = TP(restorer.topic, partition)
+    if not can_commit(tp):
+        return 0
+    rt.windows.advance(target)
+    await _commit(tp, finish(BatchProcessor(rt, Batch(table_partition=partition))))
+    return 1
 
 
 async def _idle_timer() -> None:
@@ -457,6 +482,16 @@ FETCHES_QUEUED = 4
 _fetches = FetchQueue(FETCHES_QUEUED)
 _tracker_lock = asyncio.Lock()
 """Held while a fetch is applied and committed, and by :func:`idle_tick`."""
+_partition_locks: dict[int, asyncio.Lock] = {}
+
+
+def partition_lock(partition: int) -> asyncio.Lock:
+    """Held while a batch of ``partition`` is applied and committed by the direct join
+    (agents/direct.py), and by :func:`idle_tick` for that partition."""
+    lock = _partition_locks.get(partition)
+    if lock is None:
+        lock = _partition_locks[partition] = asyncio.Lock()
+    return lock
 
 
 @batch_agent(

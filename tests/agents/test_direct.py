@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from agents import direct, partition_runtime, tracker
+from agents import direct, partition_runtime, rows, tracker
 from app.engine import topics
 from app.engine.input_reader import Read
 from app.engine.transaction import Batch, _apply_to_stores
@@ -217,3 +217,29 @@ def test_reads_of_any_size_give_the_statuses_of_one_read() -> None:
         unread = frozenset(tp for tp, recs in inputs.items() if len(recs) > start + 3)
         got += step(join, {tp: recs for tp, recs in chunk.items() if recs}, held=unread)
     assert statuses(got) == expected
+
+
+def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
+    monkeypatch: Any,
+) -> None:
+    real = rows.parse_order
+
+    def flaky(raw: bytes | None, *args: Any) -> Any:
+        if raw is not None and b'"poison"' in raw:
+            raise RuntimeError("a rule nobody foresaw")
+        return real(raw, *args)
+
+    monkeypatch.setattr(rows, "parse_order", flaky)
+    good = order("g1", SKUS[0], 1, T0)
+    inputs = {
+        TP(ORDERS, 2): [
+            record(ORDERS, 2, 0, order("poison", SKUS[1], 1, T0)),
+            record(ORDERS, 2, 1, good),
+        ]
+    }
+    join, _ = new_join()
+    batches = step(join, inputs)
+    [letter] = outputs(batches, topics.dead_letters)
+    assert (letter["partition"], letter["offset"]) == (2, 0)
+    assert "RuntimeError: a rule nobody foresaw" in letter["error"]
+    assert [s["order_id"] for s in outputs(batches, topics.order_status)] == ["g1"]

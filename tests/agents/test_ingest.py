@@ -9,7 +9,7 @@ import orjson
 import pytest
 from faust.types import TP
 
-from agents import ingest
+from agents import ingest, rows
 from app.engine import topics
 
 ORDERS = topics.orders.get_topic_name()
@@ -222,14 +222,14 @@ def test_a_far_future_or_ancient_ts_is_dead_lettered_and_the_dead_letter_bounded
 def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
     monkeypatch: Any,
 ) -> None:
-    real = ingest.parse_order
+    real = rows.parse_order
 
     def flaky(raw: bytes | None, *args: Any) -> Any:
         if raw is not None and b'"poison"' in raw:
             raise RuntimeError("a rule nobody foresaw")
         return real(raw, *args)
 
-    monkeypatch.setattr(ingest, "parse_order", flaky)
+    monkeypatch.setattr(rows, "parse_order", flaky)
     batches = ingest.build_batches(
         {
             TP(ORDERS, 0): [
@@ -244,8 +244,8 @@ def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
     [letter] = [orjson.loads(v) for t, _, v, _ in batch.outputs if t == DEAD]
     assert letter["offset"] == 1
     assert letter["error"] == "could not be processed: RuntimeError: a rule nobody foresaw"
-    rows = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)["r"]]
-    assert [r[2] for r in rows] == ["o1", "o2"]
+    sent = [r for t, _, v, _ in batch.outputs if t == ENVELOPES for r in orjson.loads(v)["r"]]
+    assert [r[2] for r in sent] == ["o1", "o2"]
 
 
 def test_a_report_without_records_rides_in_a_transaction_with_records(

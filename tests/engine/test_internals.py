@@ -87,6 +87,7 @@ INTERNALS = (
     Internal(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", "consumer"),
     Internal(AIOKafkaConsumer, "_fetch_max_wait_ms", "consumer: FastFetchConsumerThread"),
     Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end_at"),
+    Internal(AIOKafkaConsumer, "_subscription", "input_reader: InputReader._ends"),
     Internal(AIOKafkaConsumer, "_coordinator", "consumer: seek_to_committed"),
     Internal(AIOKafkaConsumer, "_client", "restore: restore_partition; standby: _tail"),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
@@ -130,6 +131,10 @@ INTERNALS = (
     Internal(TopicPartitionState, "has_valid_position", "consumer: read_to_end_at"),
     Internal(TopicPartitionState, "lso", "consumer: read_to_end_at"),
     Internal(TopicPartitionState, "position", "consumer: read_to_end_at (ingest's reports)"),
+    Internal(SubscriptionState, "subscription", "input_reader: InputReader._ends"),
+    Internal(TopicPartitionState, "has_valid_position", "input_reader: InputReader._ends"),
+    Internal(TopicPartitionState, "lso", "input_reader: InputReader._ends (at end, lag)"),
+    Internal(TopicPartitionState, "position", "input_reader: InputReader._ends"),
 )
 
 REIMPLEMENTED = {

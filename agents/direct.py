@@ -56,7 +56,7 @@ from app.engine.consumer import assigned_partitions
 from app.engine.faults import retriable
 from app.engine.input_reader import InputReader, Read
 from app.engine.instance import app, settings
-from app.engine.transaction import Batch, can_commit
+from app.engine.transaction import Batch, owned
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,13 @@ class DirectJoin:
             del self.adopted[p]
         names = topic_names()
         seeks: dict[TP, tuple[int, float]] = {}
+        joined: list[int] = []
         now = time.monotonic()
         for p, rt in runtimes.items():
             if self.adopted.get(p) is rt.merge:
                 continue
             self.adopted[p] = rt.merge
+            joined.append(p)
             self.saved_at[p] = now
             self.saved_resume[p] = rt.merge.resume_points()
             self.saved_offsets.pop(p, None)
@@ -147,11 +149,20 @@ class DirectJoin:
                 tp = TP(names[code], partition)
                 if tp not in seeks or offset < seeks[tp][0]:
                     seeks[tp] = (offset, mts)
+        back = 0
         for tp, (offset, mts) in seeks.items():
             position = self.position.get(tp)
             if position is None or offset < position:
                 self.reader.seek(tp, offset)
                 self.position[tp], self.mts[tp] = offset, mts
+                back += 1
+        if joined:
+            log.info(
+                "Direct join: partition(s) %s joined; %d input partition(s) read again "
+                "from their resume points",
+                ", ".join(map(str, sorted(joined))),
+                back,
+            )
         return {p: rt for p, rt in runtimes.items() if self.adopted.get(p) is rt.merge}
 
     def live(self, fed: dict[int, PartitionRuntime]) -> dict[int, PartitionRuntime]:
@@ -265,7 +276,7 @@ class DirectJoin:
 
                 def current(merge: m.Merge[Waiting] | None = merge) -> bool:
                     now = runtimes.get(partition)
-                    return now is not None and now.merge is merge and can_commit(tp)
+                    return now is not None and now.merge is merge and owned(tp)
 
                 if not current():
                     return

@@ -1,12 +1,19 @@
 """Live latency: an order produced -> its ``order-status`` record readable (read_committed).
 
-Starts a throwaway broker (or uses --bootstrap) and one worker, then produces orders
-(and one stock move per ten orders) at a steady rate with ``ts`` = now, spread over
-every input partition, while a read_committed consumer reads ``order-status`` and the
-internal envelope topic. Prints p50 / p99 / max of (time the status was read - time the
-order was sent), whether the target (p99 under 100 ms) was met, and where the time went,
-per order, from the Kafka timestamps of the envelope and the status record (written by
-the worker as it sends them) and the times this reader saw them committed:
+Starts a throwaway broker (or uses --bootstrap) and one worker (``--join-read direct``,
+the default, or ``repartition``), then produces orders (and one stock move per ten
+orders) at a steady rate with ``ts`` = now, spread over every input partition, while a
+read_committed consumer reads ``order-status`` (and, in repartition mode, the internal
+envelope topic). Prints p50 / p99 / max of (time the status was read - time the order
+was sent), whether the target (p99 under 100 ms) was met, and where the time went, per
+order, from the Kafka timestamp of the status record (written by the worker as it sends
+it) and the time this reader saw it committed. The direct join:
+
+1. produced -> status written: the reader's fetch, the merge, apply, and the wait for
+   the partition's commit in flight;
+2. status written -> status readable: the commit, until the LSO passes it.
+
+The repartitioned join, with the envelope's timestamps too:
 
 1. produced -> envelope written: ingest's fetch, its queue and parse;
 2. envelope written -> envelope readable: ingest's commit, until the LSO passes it;
@@ -19,7 +26,8 @@ join's event-time merge, a batch waited for its transactional producer, and a
 transaction's writes and EndTxn took. The machine's load average is printed too: on a
 shared machine the figures move with it. A benchmark, not a test: it asserts nothing.
 
-    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 30] [--bootstrap HOST:PORT]
+    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 30] [--warmup 5]
+        [--join-read direct|repartition] [--bootstrap HOST:PORT]
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ from tests.integration.harness import (  # noqa: E402
 
 TARGET_P99_MS = 100.0
 
+DIRECT_STAGES = (
+    "produced -> status written (reader fetch, merge, apply, commit in flight)",
+    "status written -> readable (commit, LSO)",
+)
 STAGES = (
     "produced -> envelope written (ingest fetch, queue, parse)",
     "envelope written -> readable (ingest commit, LSO)",
@@ -74,6 +86,7 @@ async def run(
     latencies: list[float] = []
     timeline: list[tuple[float, float]] = []  # (seconds into the run when sent, latency)
     stages: list[list[float]] = [[] for _ in STAGES]
+    direct: list[list[float]] = [[] for _ in DIRECT_STAGES]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -119,6 +132,9 @@ async def run(
                         continue
                     latencies.append(now - seen.sent)
                     timeline.append((seen.sent - t0, now - seen.sent))
+                    written = r.timestamp / 1000
+                    direct[0].append(written - seen.sent)
+                    direct[1].append(now - written)
                     if seen.envelope_written is not None and seen.envelope_read is not None:
                         env_written, env_read = seen.envelope_written, seen.envelope_read
                         points = (seen.sent, env_written, env_read, r.timestamp / 1000, now)
@@ -164,7 +180,7 @@ async def run(
         print(f"  {len(sent_at)} orders had no status after 60 s", file=sys.stderr)
     await producer.stop()
     await consumer.stop()
-    return latencies, stages, timeline
+    return latencies, stages if stages[0] else direct, timeline
 
 
 SLICE_S = 5.0
@@ -242,12 +258,13 @@ def main() -> None:
         help="send orders for this many seconds first, not counted (the worker's start-up)",
     )
     parser.add_argument("--dump", default=None, help="write every order's moments (JSON)")
+    parser.add_argument("--join-read", choices=("direct", "repartition"), default="direct")
     args = parser.parse_args()
     global DUMP
     DUMP = [] if args.dump else None
 
     def bench(bootstrap: str) -> None:
-        with running_worker(bootstrap) as worker:
+        with running_worker(bootstrap, JOIN_READ=args.join_read) as worker:
             load_before = os.getloadavg()[0]
             cpu_before, wall_before = cpu_seconds(worker), time.monotonic()
             lat, stages, timeline = asyncio.run(
@@ -261,7 +278,8 @@ def main() -> None:
             lat.sort()
             p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
             print(
-                f"order -> order-status at {args.rate:g} orders/s for {args.seconds:g} s "
+                f"order -> order-status ({args.join_read} join) at {args.rate:g} orders/s "
+                f"for {args.seconds:g} s "
                 f"(after {args.warmup:g} s not counted) "
                 f"(+1 stock move per 10 orders), {len(lat)} orders: "
                 f"p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms, "
@@ -276,13 +294,14 @@ def main() -> None:
             print(over_time(timeline))
             if stages[0]:
                 print(f"per stage, over {len(stages[0])} orders:")
-                for name, values in zip(STAGES, stages, strict=True):
+                names = STAGES if len(stages) == len(STAGES) else DIRECT_STAGES
+                for name, values in zip(names, stages, strict=True):
                     print(f"  {name}: {percentiles(values)}")
             for name, what in (
                 ("stock_tracker_merge_wait_seconds", "the join's merge: wait per event"),
                 (
                     "stock_tracker_batch_latency_seconds",
-                    "first hop: input produced -> ingest batch committed",
+                    "input produced -> its batch committed (direct), or ingest's (repartition)",
                 ),
                 ("stock_tracker_producer_wait_seconds", "a batch waiting for its producer"),
                 ("stock_tracker_commit_write_seconds", "a transaction's writes and offsets"),

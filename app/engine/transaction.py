@@ -120,6 +120,17 @@ def transactional_id(tp: TP) -> str:
     return f"{app.conf.id}-{group}-{tp.partition}{producer_id_suffix(tp.topic)}"
 
 
+def owned(source: TP) -> bool:
+    """Whether ``source`` is assigned to this worker outside a rebalance (its producer
+    may still have to be started: :func:`commit` starts a missing one)."""
+    consumer: Any = app.consumer
+    try:
+        assigned = consumer.assignment()
+    except ConsumerNotStarted:
+        return False
+    return source in assigned and bool(consumer.flow_active)
+
+
 def can_commit(source: TP) -> bool:
     """Whether a batch that is not driven by input (idle close) may commit for ``source``.
 

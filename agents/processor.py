@@ -8,6 +8,7 @@ which agents/tracker.py commits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from math import floor
 from typing import Any
@@ -37,10 +38,11 @@ from app.engine.instance import settings
 from app.engine.stores import get, local_range
 from app.engine.transaction import Batch
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.order_status import EXPIRY as STATUS_EXPIRY
+from tables.base import TimeIndex
 from tables.order_status import EXPIRY_INDEX as STATUS_INDEX
 from tables.order_status import ts_of as status_ts_of
-from tables.seen_ids import EXPIRY, EXPIRY_INDEX, seen_key
+from tables.seen_ids import EXPIRY_INDEX, seen_key
+from tables.seen_ids import ts_of as seen_ts_of
 
 
 class BatchProcessor:
@@ -176,38 +178,26 @@ class BatchProcessor:
                 self.batch.put(windows, key, None)
             rt.purge_from[spec.kind] = held
 
-    def expire_ids(self, horizon: float) -> None:
-        """Forget the ids seen before ``horizon``, found by their index keys.
+    def expire(
+        self, table: Any, index: TimeIndex, ts_of: Callable[[bytes], float], horizon: float
+    ) -> None:
+        """Delete the records of ``table`` whose time (``ts_of`` their value) is before
+        ``horizon``, found by their index keys: the ids seen before the dedupe horizon,
+        the statuses past ORDER_STATUS_RETENTION_SECONDS.
 
-        An index key can be stale (tables/seen_ids.py): its entry was renewed since (a
-        newer ts) or is gone. Only an entry whose own ts is before the horizon leaves.
+        An index key can be stale (tables/seen_ids.py, tables/order_status.py): its record
+        was renewed since, with a later time (maybe in this batch, so the staged value
+        is read first), or is gone. Only a record whose own time is before the horizon
+        leaves; every index key before it does.
         """
-        for index_key, _ in local_range(
-            seen_ids, self.partition, EXPIRY, EXPIRY_INDEX.bound(horizon)
-        ):
-            self.batch.put(seen_ids, index_key, None)
-            _, key = EXPIRY_INDEX.entry(index_key)
-            if key in self.new_ids:  # renewed in this batch: its new entry stays
-                continue
-            raw = get(seen_ids, key, self.partition)
-            if raw is not None and orjson.loads(raw)[0] < horizon:
-                self.batch.put(seen_ids, key, None)
-
-    def expire_statuses(self, horizon: float) -> None:
-        """Delete the statuses of the orders of before ``horizon`` (ORDER_STATUS_RETENTION_
-        SECONDS), found by their index keys; one whose order_id was used again since
-        (a later ts, maybe in this batch) stays."""
         staged = self.batch.table_writes
-        stop = STATUS_INDEX.bound(horizon)
-        for index_key, _ in local_range(order_status, self.partition, STATUS_EXPIRY, stop):
-            self.batch.put(order_status, index_key, None)
-            _, key = STATUS_INDEX.entry(index_key)
-            if (order_status, key) in staged:
-                raw = staged[(order_status, key)]
-            else:
-                raw = get(order_status, key, self.partition)
-            if raw is not None and status_ts_of(raw) < horizon:
-                self.batch.put(order_status, key, None)
+        for index_key, _ in local_range(table, self.partition, index.prefix, index.bound(horizon)):
+            self.batch.put(table, index_key, None)
+            _, key = index.entry(index_key)
+            found = (table, key) in staged
+            raw = staged[table, key] if found else get(table, key, self.partition)
+            if raw is not None and ts_of(raw) < horizon:
+                self.batch.put(table, key, None)
 
     def replayed(self, offset: int) -> bool:
         """Whether this input message was applied here before.
@@ -325,9 +315,10 @@ class BatchProcessor:
         stream_time = rt.stream_time
         if stream_time is not None:
             self.purge_closed(order_time if order_time is not None else stream_time)
-            self.expire_ids(stream_time - settings.dedupe_seconds)
+            self.expire(seen_ids, EXPIRY_INDEX, seen_ts_of, stream_time - settings.dedupe_seconds)
             if settings.order_status_retention_seconds > 0:
-                self.expire_statuses(stream_time - settings.order_status_retention_seconds)
+                horizon = stream_time - settings.order_status_retention_seconds
+                self.expire(order_status, STATUS_INDEX, status_ts_of, horizon)
         for sku in self.dirty:
             state, as_of = self.states[sku]
             doc = state.to_dict()

@@ -9,7 +9,8 @@ topic in the same run:
      (app/rules/windows.py), and every output message (order-status, stock-levels,
      supplier-orders, expedites, window-results) produced with acks=1 to topics of its
      own; no tables, no changelogs, no transactions, no second hop;
-  3. pipeline: a real worker (ingest -> join -> tables -> outputs, exactly once) from
+  3. pipeline: a real worker (the direct join's reader, or ingest with --join-read
+     repartition -> join -> tables -> outputs, exactly once) from
      start-up to the moment ``/stats`` reports every order processed; the worker's
      start-up (group join, recovery) is measured separately and not counted.
 Prints events/s for each and the ratios. With --profile S (and py-spy installed), it
@@ -18,7 +19,7 @@ CPU went: by area (the first frame from the leaf that falls in one) and by funct
 A benchmark, not a test: it asserts nothing.
 
     .venv/bin/python bench/pipeline.py [--events 200000] [--skus 1000] [--profile 30]
-        [--bootstrap HOST:PORT]
+        [--join-read direct|repartition] [--bootstrap HOST:PORT]
 
 Without --bootstrap it starts a throwaway broker with scripts/kafka.
 """
@@ -250,8 +251,15 @@ AREAS = (
     ("aiokafka consumer (fetch, decode records)", ("aiokafka/consumer", "aiokafka/record")),
     ("aiokafka client, connections", ("aiokafka/",)),
     (
-        "ingest: parse, validate, envelopes (agents/ingest.py, app/domain/events.py)",
-        ("agents/ingest.py", "domain/events.py"),
+        "reading: parse, validate, route (agents/direct.py, agents/rows.py, agents/ingest.py, "
+        "app/domain/events.py, app/engine/input_reader.py)",
+        (
+            "agents/direct.py",
+            "agents/rows.py",
+            "agents/ingest.py",
+            "domain/events.py",
+            "engine/input_reader.py",
+        ),
     ),
     (
         "tracker: join, rules, windows (agents/, app/domain/rules)",
@@ -343,6 +351,7 @@ def main() -> None:
         "--guarantee", default="exactly_once", choices=["exactly_once", "at_least_once"]
     )
     ap.add_argument("--profile", type=int, default=0, help="py-spy the worker for S seconds")
+    ap.add_argument("--join-read", choices=("direct", "repartition"), default="direct")
     args = ap.parse_args()
 
     if args.bootstrap is not None:
@@ -357,7 +366,7 @@ def measure(bootstrap: str, args: argparse.Namespace) -> None:
     worker = Worker(
         bootstrap,
         workdir,
-        env_extra={"PROCESSING_GUARANTEE": args.guarantee},
+        env_extra={"PROCESSING_GUARANTEE": args.guarantee, "JOIN_READ": args.join_read},
     )
     try:
         # Start once to create the topics, stop, load, then measure a cold catch-up.

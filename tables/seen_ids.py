@@ -21,7 +21,15 @@ seen_ids = raw_table("seen-ids", "order/event id per SKU -> when and where it wa
 
 EXPIRY = LOCAL_PREFIX + b"e"
 EXPIRY_INDEX = TimeIndex(EXPIRY)
-index_with(seen_ids, EXPIRY, "expiry-1", EXPIRY_INDEX.derive(lambda value: orjson.loads(value)[0]))
+
+
+def ts_of(value: bytes) -> float:
+    """When the id was seen (its entry's first field)."""
+    ts: float = orjson.loads(value)[0]
+    return ts
+
+
+index_with(seen_ids, EXPIRY, "expiry-1", EXPIRY_INDEX.derive(ts_of))
 
 
 def seen_key(kind: str, sku: str, event_id: str) -> bytes:

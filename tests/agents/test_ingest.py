@@ -268,3 +268,37 @@ def test_a_report_without_records_rides_in_a_transaction_with_records(
     assert set(pending.states) == {TP(ORDERS, 2), TP(STOCK, 0), TP(STOCK, 1)}
     assert pending.batch.sources == {TP(ORDERS, 2): 1}
     ingest._sources.clear()
+
+
+async def test_after_a_commit_that_raced_a_rebalance_the_mts_comes_from_the_committed_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch that committed while its partition was being reassigned (commit() answers
+    False) may or may not be where the partition resumes; whoever reads on, this worker
+    included, takes the mts committed with that offset. Remembering the mts of before
+    the batch gave the next events a smaller mts than the batch's own, and the tracker
+    then took the batch's events for re-deliveries and skipped them."""
+    tp = TP(STOCK, 2)
+    base = 1_795_694_400
+    committed: dict[TP, str] = {}
+    sent: list[Any] = []
+    answers = [False, True]
+
+    async def fake_commit(batch: Any, *, source: TP, current: Any = None) -> bool:
+        sent.append(batch)
+        committed.update(batch.metadata)  # it did land
+        return answers.pop(0)
+
+    monkeypatch.setattr(ingest, "commit", fake_commit)
+    monkeypatch.setattr(ingest, "assigned_partitions", lambda topics: [tp])
+    monkeypatch.setattr(ingest, "committed_metadata", lambda tp: committed.get(tp))
+    ingest._sources.clear()
+    move = {"sku": "A", "reason": "delivery", "quantity": 5}
+    first = [record(STOCK, 2, 0, {**move, "event_id": "m0", "ts": base + 500})]
+    second = [record(STOCK, 2, 1, {**move, "event_id": "m1", "ts": base + 100})]
+    await ingest.ingest_fetch({tp: first}, lambda: True, {}, 1)
+    await ingest.ingest_fetch({tp: second}, lambda: True, {}, 2)
+    envelope = [orjson.loads(v) for t, _, v, _ in sent[1].outputs if t == ENVELOPES and v]
+    [row] = [r for env in envelope for r in env["r"]]
+    assert row[-1] == base + 500  # the running max through offset 0, not offset 1's own ts
+    ingest._sources.clear()

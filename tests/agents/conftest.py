@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -29,3 +30,18 @@ def empty_tables() -> Iterator[None]:
     clear()
     yield
     clear()
+
+
+@pytest.fixture
+def poisoned_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order parser raises an unforeseen error for a message holding ``"poison"``."""
+    from agents import rows
+
+    real = rows.parse_order
+
+    def flaky(raw: bytes | None, *args: Any) -> Any:
+        if raw is not None and b'"poison"' in raw:
+            raise RuntimeError("a rule nobody foresaw")
+        return real(raw, *args)
+
+    monkeypatch.setattr(rows, "parse_order", flaky)

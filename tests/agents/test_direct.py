@@ -11,9 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
-from agents import direct, partition_runtime, rows, tracker
+from agents import direct, partition_runtime, tracker
 from app.engine import topics
 from app.engine.input_reader import Read
 from app.engine.transaction import Batch, _apply_to_stores
@@ -219,17 +220,8 @@ def test_reads_of_any_size_give_the_statuses_of_one_read() -> None:
     assert statuses(got) == expected
 
 
-def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
-    monkeypatch: Any,
-) -> None:
-    real = rows.parse_order
-
-    def flaky(raw: bytes | None, *args: Any) -> Any:
-        if raw is not None and b'"poison"' in raw:
-            raise RuntimeError("a rule nobody foresaw")
-        return real(raw, *args)
-
-    monkeypatch.setattr(rows, "parse_order", flaky)
+@pytest.mark.usefixtures("poisoned_parser")
+def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone() -> None:
     good = order("g1", SKUS[0], 1, T0)
     inputs = {
         TP(ORDERS, 2): [

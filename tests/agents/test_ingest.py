@@ -9,7 +9,7 @@ import orjson
 import pytest
 from faust.types import TP
 
-from agents import ingest, rows
+from agents import ingest
 from app.engine import topics
 
 ORDERS = topics.orders.get_topic_name()
@@ -219,17 +219,8 @@ def test_a_far_future_or_ancient_ts_is_dead_lettered_and_the_dead_letter_bounded
     assert sum(len(orjson.loads(v)["r"]) for t, _, v, _ in batch.outputs if t == ENVELOPES) == 1
 
 
-def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone(
-    monkeypatch: Any,
-) -> None:
-    real = rows.parse_order
-
-    def flaky(raw: bytes | None, *args: Any) -> Any:
-        if raw is not None and b'"poison"' in raw:
-            raise RuntimeError("a rule nobody foresaw")
-        return real(raw, *args)
-
-    monkeypatch.setattr(rows, "parse_order", flaky)
+@pytest.mark.usefixtures("poisoned_parser")
+def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone() -> None:
     batches = ingest.build_batches(
         {
             TP(ORDERS, 0): [

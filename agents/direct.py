@@ -299,8 +299,9 @@ class DirectJoin:
         """Add the offsets a commit of the direct join carries."""
         if tp not in batch.sources:
             # Nothing is read from the SKU-keyed topic; its offset is committed all the
-            # same, so the group's generation fences a worker that lost the partition
-            # (and a retried commit finds its token).
+            # same, with a token of this batch, so a commit retried after a lost answer
+            # can tell whether it landed (app/engine/transaction.py). Fencing is the
+            # partition's transactional id's: its new owner initialises it on assignment.
             batch.sources[tp] = 0
             batch.metadata[tp] = next_commit_token()
         for input_tp, position in shown.items():

@@ -113,10 +113,13 @@ class DirectJoin:
 
     def restore_missing(self) -> None:
         """Restore the owned partitions without a runtime (one dropped after a commit
-        that raced a rebalance, and given back since)."""
+        that raced a rebalance, and given back since). Only outside a rebalance: an
+        assignment is restored once Faust has started its transactional producers, whose
+        initialisation fences the partition's former owner (app/engine/restore.py
+        restores it then anyway)."""
         for tp in assigned_partitions([restorer.topic]):
             p = tp.partition
-            if p not in runtimes and p not in self.restoring:
+            if p not in runtimes and p not in self.restoring and owned(tp):
                 self.restoring[p] = asyncio.ensure_future(self._restore(p))
 
     async def _restore(self, partition: int) -> None:

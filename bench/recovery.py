@@ -206,7 +206,7 @@ def restart_parts(log: str, spawned: float, ready: float, visible: float) -> str
     return "; ".join(parts)
 
 
-def failover_and_rates(bootstrap: str, n: int) -> None:
+def failover_and_rates(bootstrap: str, n: int, keep_log: Path | None = None) -> None:
     """Two workers, ``n`` SKUs; kill -9 one; the survivor's takeover; then restore rates."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TABLE_STANDBY_REPLICAS": "1"}
@@ -241,6 +241,8 @@ def failover_and_rates(bootstrap: str, n: int) -> None:
                 time.sleep(0.1)
             sample_s = time.time() - killed_at
             assert survivor.log_path is not None
+            if keep_log is not None:
+                shutil.copyfile(survivor.log_path, keep_log)
             found = [
                 f
                 for f in restores_since(survivor.log_path.read_text(errors="replace"), killed_at)
@@ -306,7 +308,10 @@ def main() -> None:
         "none, so the restarted worker waits out the killed member's session timeout",
     )
     parser.add_argument(
-        "--keep-log", type=Path, default=None, help="restart part: copy the worker's log here"
+        "--keep-log",
+        type=Path,
+        default=None,
+        help="copy the log of the restarted worker (restart) or of the survivor (failover) here",
     )
     args = parser.parse_args()
 
@@ -314,7 +319,7 @@ def main() -> None:
         if args.part in ("all", "restart"):
             restart(bootstrap)
         if args.part in ("all", "failover"):
-            failover_and_rates(bootstrap, args.skus)
+            failover_and_rates(bootstrap, args.skus, args.keep_log)
 
     def restart(bootstrap: str) -> None:
         # Static membership: the restarted worker takes its own place back in the group

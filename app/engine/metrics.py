@@ -299,7 +299,7 @@ def consumer_lag() -> list[tuple[Labels, float]]:
     try:
         assigned = consumer.assignment()
     except Exception:  # not started yet, or stopping
-        return []
+        assigned = set()
     inputs = {t.get_topic_name() for t in (topics.orders, topics.stock, topics.events_by_sku)}
     faust_committed = getattr(consumer, "_committed_offset", {})
     found: list[tuple[Labels, float]] = []

@@ -6,6 +6,8 @@ The oracle is written from the contract alone: it shares no code with the app.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,9 @@ from typing import Any
 from tests.integration.harness import Worker, read_topic
 
 REORDER_POINT, REORDER_TARGET = 20, 100
+HOP_HEADER = "X-Stock-Tracker-Hop"
+"""Asks a worker for its own answer only (app/serving/cluster.py): how a diagnosis
+tells the workers' counts apart."""
 
 
 @dataclass
@@ -72,6 +77,31 @@ class Oracle:
             self._so_change(so)
 
 
+def diagnosis(worker: Worker, oracle: Oracle) -> str:
+    """What else is off, for the message of a failed check: each worker's own counts, the
+    SKUs whose level is wrong, the orders with other statuses than the oracle's."""
+    parts = []
+    status, body = worker.get("/cluster")
+    for url in [w["url"] for w in body["workers"]] if status == 200 else []:
+        request = urllib.request.Request(url + "/stats", headers={HOP_HEADER: "test"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                parts.append(f"{url}: {json.loads(r.read())}")
+        except OSError as exc:
+            parts.append(f"{url}: {exc!r}")
+    wrong = {}
+    for sku, level in oracle.levels.items():
+        status, body = worker.get(f"/stock/{sku}")
+        if status != 200 or body["level"] != level:
+            wrong[sku] = (level, body)
+    parts.append(f"{len(wrong)} levels wrong: {dict(list(wrong.items())[:5])}")
+    statuses = read_topic(worker.bootstrap, worker.topic("order-status"), min_count=0)
+    per_order = Counter(v["order_id"] for _, v in statuses)
+    doubled = [o for o, n in per_order.items() if n > 1]
+    parts.append(f"{len(statuses)} order-status messages, {len(doubled)} orders doubled")
+    return "; ".join(parts)
+
+
 def check_results(
     worker: Worker, bootstrap: str, oracle: Oracle, timeout_s: float = 180
 ) -> dict[str, int]:
@@ -80,9 +110,9 @@ def check_results(
     stats = worker.wait_for(
         "/stats", lambda b: b["processed"] >= oracle.applied, timeout_s=timeout_s
     )
-    assert stats["processed"] == oracle.applied
-    assert stats["duplicates"] == oracle.duplicates
-    assert stats["dead_lettered"] == 0
+    counts = {"processed": oracle.applied, "duplicates": oracle.duplicates, "dead_lettered": 0}
+    if {name: stats[name] for name in counts} != counts:
+        raise AssertionError(f"/stats {stats} against {counts}; {diagnosis(worker, oracle)}")
     for sku, level in oracle.levels.items():
         status, body = worker.get(f"/stock/{sku}")
         assert status == 200 and body["level"] == level, (sku, body)

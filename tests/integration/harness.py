@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,11 +37,38 @@ STARTED: list[Worker] = []
 prints the last lines of their logs when a test fails)."""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port nothing listens on, below the kernel's ephemeral range, never handed out
+    before in this process.
+
+    A port the kernel picks (bind to 0) is an ephemeral one: any outgoing connection
+    may take it before the broker or worker it is meant for binds it, and a worker
+    restarted on its own port finds it taken (seen: "port already in use").
+    """
+    low, high = 20_000, _ephemeral_low() - 100
+    rng = random.SystemRandom()
+    for _ in range(1_000):
+        port = rng.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 @contextmanager

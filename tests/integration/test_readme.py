@@ -321,6 +321,7 @@ def test_the_cluster_example_as_written(tmp_path: Path) -> None:
     start, worker_line, kill_node, start_node, last = Block(block.heading, text).commands()
     stop = f"KAFKA_NODES=3 KAFKA_PORT={base} scripts/kafka stop"
     assert last == f"kill %1; {stop}"
+    worker: subprocess.Popen[bytes] | None = None
     try:
         ok(run(start, env, REPO, timeout=240))
         assert worker_line.endswith("&")
@@ -355,4 +356,10 @@ def test_the_cluster_example_as_written(tmp_path: Path) -> None:
         os.killpg(worker.pid, signal.SIGTERM)  # the block's `kill %1`
         worker.wait(15)  # the contract: a SIGTERMed worker is gone within 10 s
     finally:
+        if worker is not None and worker.poll() is None:
+            # A failed check must not leave the worker behind (it would hold its port
+            # and the machine's cores through the rest of the run).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(15)
         ok(run(stop, env, REPO, timeout=120))

@@ -32,7 +32,7 @@ async def _on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
 
 @app.on_partitions_assigned.connect  # type: ignore[arg-type]
 async def _on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
-    restorer.prefetch(tp.partition for tp in assigned if tp.topic == restorer.topic)
+    restorer.settle(tp.partition for tp in assigned if tp.topic == restorer.topic)
 
 
 @app.agent(topics.dead_letters, name="dead-letter-stats")

@@ -285,7 +285,9 @@ async def _on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 async def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
     # Restore now, not at the first batch: a partition that gets no new input must
     # still be served (and counted in /stats) right after a restart or a takeover.
-    restorer.prefetch(tp.partition for tp in assigned if tp.topic == restorer.topic)
+    void = restorer.settle(tp.partition for tp in assigned if tp.topic == restorer.topic)
+    for p in void:
+        runtimes.pop(p, None)
 
 
 def dumps(obj: Any) -> bytes:

@@ -105,6 +105,18 @@ def committed_metadata(tp: TP) -> str | None:
     return None if _consumer is None else _consumer.committed_metadata.get(tp)
 
 
+def rebalancing() -> bool:
+    """Whether the group is between a revocation and the end of the next assignment.
+
+    Meanwhile ``assignment()`` still lists the old partitions, which may be another
+    worker's already, and neither ``flow_active`` nor Faust's ``app.rebalancing`` says
+    so reliably: a recovery of the previous assignment that finishes late resumes the
+    flow and ends Faust's rebalance after the next one began (seen in a CI log: a
+    worker restored and counted two partitions that had just gone to another worker).
+    """
+    return _consumer is not None and _consumer.rebalancing
+
+
 def assigned_partitions(topics: Iterable[str]) -> list[TP]:
     """This worker's partitions of ``topics`` (none without a consumer)."""
     if _consumer is None:
@@ -358,8 +370,22 @@ class GaplessConsumer(AIOKafkaConsumer):
         self._held_resumes: set[TP] = set()
         self.committed_metadata: dict[TP, str] = {}
         """Partition -> the metadata of its committed offset, read at the last seek."""
+        self.rebalancing = False
+        """From a rebalance's revocation until its new assignment was handled (its
+        transactional producers started, its signal sent); see :func:`rebalancing`."""
         global _consumer
         _consumer = self
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.rebalancing = True
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.rebalancing = True
+        try:
+            await super().on_partitions_assigned(assigned, generation_id)
+        finally:
+            self.rebalancing = False
 
     def read_to_end_at(self, tps: Iterable[TP]) -> dict[TP, int | None]:
         thread: Any = self._thread

@@ -438,6 +438,28 @@ class Restorer:
             # The agent's own call to ensure() retries and fails loudly if it must.
             log.exception("Background restore of partition %d failed", partition)
 
+    def settle(self, assigned: Iterable[int]) -> set[int]:
+        """A rebalance assigned ``assigned`` here: every partition restored or being
+        restored now is void (forgotten, and returned), then the assigned ones are
+        restored (:meth:`prefetch`).
+
+        A revocation forgets what it revokes, so whatever is ready or under way at the
+        next assignment was started in between: maybe of a partition that has just gone
+        to another worker, and before this assignment's transactional producers fenced
+        the partitions' former owners, so it may have missed their last commit.
+        """
+        void = set(self._ready)
+        void.update(p for p, lock in self._locks.items() if lock.locked())
+        if void:
+            log.info(
+                "Partition(s) %s of %s restored during the rebalance: restored again if assigned",
+                ", ".join(map(str, sorted(void))),
+                self._names(),
+            )
+        self.forget(void)
+        self.prefetch(assigned)
+        return void
+
     def forget(self, partitions: Iterable[int]) -> None:
         """The partitions were revoked (or their state is in doubt): restore them again."""
         for partition in partitions:

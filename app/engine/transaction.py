@@ -37,6 +37,7 @@ from faust.types import TP
 
 from app.engine import health, metrics
 from app.engine.checkpoint import Position, position_key
+from app.engine.consumer import rebalancing
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.producer import producer_id_suffix
@@ -128,7 +129,7 @@ def owned(source: TP) -> bool:
         assigned = consumer.assignment()
     except ConsumerNotStarted:
         return False
-    return source in assigned and bool(consumer.flow_active)
+    return source in assigned and bool(consumer.flow_active) and not rebalancing()
 
 
 def can_commit(source: TP) -> bool:
@@ -143,7 +144,7 @@ def can_commit(source: TP) -> bool:
         assigned = consumer.assignment()
     except ConsumerNotStarted:
         return False
-    if source not in assigned or not consumer.flow_active:
+    if source not in assigned or not consumer.flow_active or rebalancing():
         return False
     if app.in_transaction:
         producer: Any = app.producer

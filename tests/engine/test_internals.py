@@ -185,3 +185,20 @@ def test_a_reimplemented_upstream_method_is_unchanged(name: str) -> None:
 
 def test_the_inventory_can_fail() -> None:
     assert not has_internal(faust.stores.rocksdb.Store, "_no_such_internal")
+
+
+def test_the_rebalance_listener_reaches_the_consumers_own_hooks() -> None:
+    """``GaplessConsumer.rebalancing`` (app/engine/consumer.py) is set by overriding the
+    consumer's ``on_partitions_revoked`` and ``on_partitions_assigned``: aiokafka's
+    rebalance listener must reach exactly those, through Faust's consumer thread."""
+    listener = faust_aiokafka.ConsumerRebalanceListener
+    assert "thread.on_partitions_revoked(" in inspect.getsource(listener.on_partitions_revoked)
+    assert "on_partitions_assigned(" in inspect.getsource(listener.on_partitions_assigned)
+    thread = faust.transport.consumer.ConsumerThread
+    assert "threadsafe_partitions_revoked(" in inspect.getsource(thread.on_partitions_revoked)
+    assert "threadsafe_partitions_assigned(" in inspect.getsource(thread.on_partitions_assigned)
+    delegate = faust.transport.consumer.ThreadDelegateConsumer
+    revoked = inspect.getsource(delegate.threadsafe_partitions_revoked)
+    assigned = inspect.getsource(delegate.threadsafe_partitions_assigned)
+    assert "self.on_partitions_revoked," in revoked
+    assert "self.on_partitions_assigned," in assigned

@@ -23,10 +23,13 @@ A partition that gets no event still records its progress, at most every
 ``PROGRESS_EVERY_S``, so a restart does not read far back for it.
 
 What the consumer group shows. The offsets committed to the group for the input
-topics are not where anything resumes: tracker partition ``i mod N`` commits, with each
-of its transactions, how far this worker's reader has read input partition ``i``, for
-lag monitors (``kafka-consumer-groups``) and the injector's barriers, as ingest's
-committed offsets would show it in the other mode.
+topics are not where anything resumes: tracker partition ``i mod N`` commits, with one
+of its transactions at most every ``SHOW_EVERY_S``, how far this worker's reader has
+read input partition ``i``, for lag monitors (``kafka-consumer-groups``) and the
+injector's barriers, as ingest's committed offsets would show it in the other mode. The
+other transactions commit no offsets at all: two requests fewer each. A commit retried
+after a lost answer tells whether it landed from the token in the partition's document
+(agents/tracker.py, ``finish``).
 
 Dead letters. A rejected message of input partition ``i`` is dead-lettered by the
 tracker partition ``i mod N`` (N: the SKU-keyed partitions), once: it goes through that
@@ -47,7 +50,7 @@ from faust.types import TP
 
 from agents.partition_runtime import PartitionRuntime, Waiting, restorer, runtimes, topic_names
 from agents.rows import dead_letter, envelope_row, mts_metadata, unforeseen
-from agents.tracker import DEAD, _commit, next_commit_token, partition_lock, release_one
+from agents.tracker import DEAD, _commit, partition_lock, release_one
 from app.domain.events import InvalidEvent
 from app.domain.rules import merge as m
 from app.engine import metrics, topics
@@ -64,6 +67,10 @@ READ_WAIT_S = 0.05
 """Longest a read waits for records when none are fetched yet."""
 PROGRESS_EVERY_S = 1.0
 """How often a partition that applied nothing commits its progress anyway."""
+SHOW_EVERY_S = 1.0
+"""How often a partition shows the consumer group how far the reader got (lag monitors,
+the injector's barriers). The commits in between carry no offsets: two requests fewer
+(AddOffsetsToTxn, TxnOffsetCommit), one after the other, in each transaction."""
 WAITING_MOST = 50_000
 """Most events waiting in this worker's merges before the reader waits for a commit."""
 RETRY_MAX_S = 5.0
@@ -87,7 +94,9 @@ class DirectJoin:
         self.saved_resume: dict[int, dict[m.Source, tuple[int, float]]] = {}
         """Tracker partition -> the resume points its last commit recorded."""
         self.saved_offsets: dict[int, dict[TP, int]] = {}
-        """Tracker partition -> the input offsets its last commit showed the group."""
+        """Tracker partition -> the input offsets its commits last showed the group."""
+        self.shown_at: dict[int, float] = {}
+        """Tracker partition -> time.monotonic() of the last commit that showed them."""
         self.restoring: dict[int, asyncio.Future[None]] = {}
         self.drivers: dict[int, asyncio.Future[None]] = {}
         """Tracker partition -> the task applying and committing its events."""
@@ -283,30 +292,34 @@ class DirectJoin:
 
                 if not current():
                     return
-                progress = self.progress_due(partition, rt, time.monotonic())
+                now = time.monotonic()
+                progress = self.progress_due(partition, rt, now)
                 rt, batch, more = release_one(tp, rt, progress)
                 if batch is None:
                     continue
                 resume = rt.merge.resume_points()  # as the batch records them
-                shown = self.shown_offsets(partition) if app.in_transaction else {}
+                shown = self.shown_offsets(partition) if self.show_due(partition, now) else {}
                 self.decorate(tp, batch, shown)
                 if not await _commit(tp, batch, current):
                     return
                 self.saved_at[partition] = time.monotonic()
-                self.saved_offsets[partition] = shown
                 self.saved_resume[partition] = resume
+                if shown:
+                    self.saved_offsets[partition] = shown
+                    self.shown_at[partition] = now
             if more:
                 self.dirty.add(partition)
 
     def decorate(self, tp: TP, batch: Batch, shown: dict[TP, int]) -> None:
-        """Add the offsets a commit of the direct join carries."""
-        if tp not in batch.sources:
-            # Nothing is read from the SKU-keyed topic; its offset is committed all the
-            # same, with a token of this batch, so a commit retried after a lost answer
-            # can tell whether it landed (app/engine/transaction.py). Fencing is the
-            # partition's transactional id's: its new owner initialises it on assignment.
-            batch.sources[tp] = 0
-            batch.metadata[tp] = next_commit_token()
+        """Set the offsets a commit of the direct join carries: ``shown``, if any.
+
+        Nothing is read from the SKU-keyed topic, so no offset of it is committed: a
+        commit retried after a lost answer tells whether it landed from the partition's
+        document (``Batch.landed_by``), and fencing is the partition's transactional
+        id's, which its new owner initialises on assignment.
+        """
+        batch.sources.pop(tp, None)
+        batch.metadata.pop(tp, None)
         for input_tp, position in shown.items():
             # Not where the input is read again from (that is the resume points): how
             # far this worker has read, for lag monitors and the injector's barriers
@@ -321,12 +334,20 @@ class DirectJoin:
         n = topics.events_by_sku_partitions()
         return {tp: pos for tp, pos in self.position.items() if tp.partition % n == partition}
 
+    def show_due(self, partition: int, now: float) -> bool:
+        """Whether the partition's next commit shows the group the reader's positions:
+        they moved since it last did, at least SHOW_EVERY_S ago."""
+        if not app.in_transaction:
+            return False
+        if now - self.shown_at.get(partition, -SHOW_EVERY_S) < SHOW_EVERY_S:
+            return False
+        return self.shown_offsets(partition) != self.saved_offsets.get(partition)
+
     def progress_due(self, partition: int, rt: PartitionRuntime, now: float) -> bool:
         """Whether the partition commits even if it applies nothing: the input offsets it
-        shows moved, or its resume points did and PROGRESS_EVERY_S passed."""
-        if app.in_transaction and self.shown_offsets(partition) != self.saved_offsets.get(
-            partition
-        ):
+        shows are due (:meth:`show_due`), or its resume points moved and
+        PROGRESS_EVERY_S passed."""
+        if self.show_due(partition, now):
             return True
         if now - self.saved_at.get(partition, 0.0) < PROGRESS_EVERY_S:
             return False

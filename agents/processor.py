@@ -305,7 +305,10 @@ class BatchProcessor:
             self.rt.recent_expedites = [doc, *self.rt.recent_expedites][:RECENT]
 
     # -- end of batch ----------------------------------------------------------
-    def finish(self) -> None:
+    def finish(self, token: str = "") -> None:
+        """Stage the end-of-batch writes: windows closed, ids and statuses expired, every
+        changed SKU, and the partition's document, which carries ``token`` (``commit``):
+        how a retried commit tells whether this batch landed (agents/tracker.py)."""
         rt = self.rt
         pw = rt.loaded_windows  # None: no order reached this partition since its rebuild
         if pw is not None:
@@ -325,6 +328,7 @@ class BatchProcessor:
             doc["as_of"] = as_of
             self.batch.put(sku_state, sku_key(sku), dumps(doc))
         meta = {
+            "commit": token,
             "stream_time": stream_time,
             **record,
             "purge_from": rt.purge_from,

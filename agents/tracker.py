@@ -47,6 +47,7 @@ from agents.partition_runtime import (
     Waiting,
     all_sources,
     forget_partitions,
+    partition_state_key,
     rebuild,
     restorer,
     runtime_for,
@@ -64,7 +65,7 @@ from app.engine.consumer import Fetch, FetchQueue, Records, end_offsets
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.transaction import Batch, CommitAbandoned, can_commit, commit
-from tables import order_status
+from tables import order_status, partition_state
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +226,26 @@ def not_idle(rt: PartitionRuntime) -> None:
 
 
 def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
-    """Stage the end-of-batch writes; with ``tp``, also the offset to resume from."""
+    """Stage the end-of-batch writes; with ``tp``, also the offset to resume from.
+
+    The partition's document carries a token no other batch has: a commit retried after
+    a lost answer reads the document's last committed value to tell whether this batch
+    landed (``Batch.landed_by``, app/engine/transaction.py), whatever offsets it commits,
+    if any (the direct join commits none on most of its batches).
+    """
+    token = next_commit_token()
     try:
-        proc.finish()
+        proc.finish(token)
     except Exception:
         forget_partitions({proc.partition})
         raise
+    key = partition_state_key(proc.partition)
+    proc.batch.landed_by = (partition_state, key, token.encode())
     if tp is not None:
         offset = proc.rt.commit_offset()
         if offset is not None:
             proc.batch.sources[tp] = offset
-            # Two batches may commit the same offset (while events wait in the merge):
-            # a token of its own tells a retried commit whether this one landed.
-            proc.batch.metadata[tp] = next_commit_token()
+            proc.batch.metadata[tp] = token
     return proc.batch
 
 

@@ -244,7 +244,7 @@ async def restore_partition(
         # Whatever reaches the changelogs after the end offsets read next (a tombstone
         # the store has not seen) is written after this.
         end_seen_at = time.time()
-        end, stable = await _stable_end_offsets(reader, probe, tps, stable_timeout_s)
+        end, stable = await stable_end_offsets(reader, probe, tps, stable_timeout_s)
         beginning = await reader.beginning_offsets(tps)
         done = Restored()
         start = start_offsets(by_tp, beginning, end, facts, done)
@@ -283,7 +283,7 @@ async def restore_partition(
         await asyncio.gather(reader.stop(), probe.stop())
 
 
-async def _stable_end_offsets(
+async def stable_end_offsets(
     reader: AIOKafkaConsumer, probe: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float
 ) -> tuple[dict[TopicPartition, int], bool]:
     """The last stable offsets once they equal the high watermarks (no open transaction),

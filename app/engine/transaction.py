@@ -30,6 +30,8 @@ from functools import lru_cache
 from itertools import chain
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
 from faust.exceptions import ConsumerNotStarted
@@ -41,7 +43,7 @@ from app.engine.consumer import rebalancing
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.producer import producer_id_suffix
-from app.engine.restore import known_cluster_id
+from app.engine.restore import known_cluster_id, stable_end_offsets
 from app.engine.stores import LOCAL_PREFIX, put_many
 
 MAX_RECORD_BYTES = 900 * 1024
@@ -88,6 +90,11 @@ class Batch:
     written_upto: dict[tuple[str, int], int] = field(default_factory=dict)
     """(topic, partition) -> the offset after the last record the commit wrote there,
     known once it committed (the changelog positions the stores record)."""
+    landed_by: tuple[Any, bytes, bytes] | None = None
+    """``(table, key, token)``: the batch writes ``key`` of ``table`` with a value that
+    holds ``token``, which no other batch writes. How a retried commit tells whether
+    an earlier attempt landed (:func:`_committed_already`) without committing offsets:
+    the changelog's last committed value of ``key`` holds ``token``."""
 
     def consumed(self, tp: TP, offset: int, metadata: str | None = None) -> None:
         if offset + 1 > self.sources.get(tp, -1):
@@ -362,7 +369,7 @@ async def _commit_transactional(batch: Batch, source: TP, *, retry: bool) -> Non
     async with lock:
         metrics.PRODUCER_WAIT.observe(time.perf_counter() - waited_from)
         txn = await _ready_producer(producer, tid)
-        if retry and batch.sources and await _committed_already(batch):
+        if retry and (batch.sources or batch.landed_by) and await _committed_already(batch):
             log.warning("An earlier attempt of the batch of %s had committed after all", tid)
             return
         try:
@@ -437,16 +444,21 @@ async def _ready_producer(producer: Any, tid: str) -> Any:
 
 
 async def _committed_already(batch: Batch) -> bool:
-    """Whether the group's committed offsets already include ``batch`` (an earlier
-    attempt committed, and only its answer was lost).
+    """Whether an earlier attempt of ``batch`` committed, and only its answer was lost.
 
     Asked only on a retry, once the producer of the failed attempt was replaced: the new
     producer's initialisation ended that attempt's transaction one way or the other, so
-    the committed offsets are final for it. Two batches can commit the same offset (the
-    tracker's stays at an envelope whose events still wait in the merge), so an equal
-    offset counts only with this batch's own metadata (the tracker puts a token there
-    that no other batch has).
+    what is committed is final for it. With ``landed_by``, the changelog tells
+    (:func:`_landed`). Otherwise the group's committed offsets do: two batches can
+    commit the same offset (the tracker's stays at an envelope whose events still wait
+    in the merge), so an equal offset counts only with this batch's own metadata (the
+    tracker puts a token there that no other batch has).
     """
+    if batch.landed_by is not None:
+        table, key, token = batch.landed_by
+        assert batch.table_partition is not None, "landed_by needs a table partition"
+        topic = table.changelog_topic.get_topic_name()
+        return await _landed(topic, batch.table_partition, key, token)
     consumer: Any = app.consumer
     committed = await consumer.committed_offsets(batch.sources)
     for tp, offset in batch.sources.items():
@@ -456,6 +468,60 @@ async def _committed_already(batch: Batch) -> bool:
         if found[0] == offset and found[1] != batch.metadata.get(tp, ""):
             return False
     return True
+
+
+LANDED_LOOK_BACK = 64
+"""Records of a changelog partition read back first when looking for a key's last value
+(each transaction of the partition writes the key once, plus a marker)."""
+
+
+async def _landed(
+    topic: str, partition: int, key: bytes, token: bytes, bootstrap: str | None = None
+) -> bool:
+    """Whether the last committed record of ``key`` in ``topic``/``partition`` holds
+    ``token``. Read back from the end (read_committed) in growing steps until a record of
+    ``key`` is found: one writer per changelog partition, so only its own attempts (and
+    their markers) are between the end and the key's last record."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap or settings.broker_host_ports,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap or settings.broker_host_ports, enable_auto_commit=False
+    )
+    tp = TopicPartition(topic, partition)
+    await asyncio.gather(reader.start(), probe.start())
+    try:
+        await asyncio.gather(reader._client.set_topics([topic]), probe._client.set_topics([topic]))
+        # Once no transaction is open (as a restore waits): the last one's markers may
+        # still be on their way, and before them the last stable offset stops short.
+        ends, stable = await stable_end_offsets(reader, probe, [tp], ATTEMPT_TIMEOUT_S / 2)
+        if not stable:
+            raise KafkaTimeoutError(f"{topic}/{partition} still has an open transaction")
+        end = ends[tp]
+        reader.assign([tp])
+        back = LANDED_LOOK_BACK
+        deadline = time.monotonic() + ATTEMPT_TIMEOUT_S
+        while True:
+            start = max(0, end - back)
+            reader.seek(tp, start)
+            last: bytes | None = None
+            while await reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"reading {topic}/{partition} back to {start}")
+                got = await reader.getmany(tp, timeout_ms=1_000)
+                for record in got.get(tp, ()):
+                    if record.offset < end and record.key == key:
+                        last = record.value
+            if last is not None:
+                return token in last
+            if start == 0:
+                return False
+            back *= 8
+    finally:
+        await asyncio.gather(reader.stop(), probe.stop())
 
 
 async def _stop_quietly(txn: Any) -> None:

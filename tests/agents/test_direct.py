@@ -235,3 +235,32 @@ def test_a_message_the_parser_fails_on_unexpectedly_is_dead_lettered_alone() -> 
     assert (letter["partition"], letter["offset"]) == (2, 0)
     assert "RuntimeError: a rule nobody foresaw" in letter["error"]
     assert [s["order_id"] for s in outputs(batches, topics.order_status)] == ["g1"]
+
+
+def test_a_batch_carries_its_landing_token_and_shows_offsets_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(direct.app, "in_transaction", True)
+    join, _ = new_join()
+    [batch, *_] = step(join, the_input())
+    # The token a retried commit looks for is in the partition's document it writes.
+    table, key, token = batch.landed_by or (None, b"", b"")
+    assert table is partition_runtime.partition_state
+    doc = orjson.loads(batch.table_writes[(table, key)] or b"{}")
+    assert doc["commit"].encode() == token
+    # No offset of the SKU-keyed topic; the reader's positions only when shown.
+    tp = TP(topics.events_by_sku.get_topic_name(), batch.table_partition or 0)
+    join.decorate(tp, batch, {})
+    assert batch.sources == {} and batch.metadata == {}
+    p = 1 % N  # writes the dead letters of input partition 1, and shows its offset
+    shown = join.shown_offsets(p)
+    assert shown[TP(ORDERS, 1)] == len(the_input()[TP(ORDERS, 1)])
+    assert join.show_due(p, 100.0)
+    join.decorate(tp, batch, shown)
+    assert batch.sources == shown
+    join.saved_offsets[p], join.shown_at[p] = shown, 100.0  # as the driver does, committed
+    assert not join.show_due(p, 100.5)  # nothing moved
+    join.position[TP(ORDERS, 1)] += 5
+    assert not join.show_due(p, 100.5)  # moved, but shown less than a second ago
+    assert join.show_due(p, 101.0)
+    assert join.progress_due(p, tracker.runtimes[p], 101.0)

@@ -89,7 +89,11 @@ INTERNALS = (
     Internal(AIOKafkaConsumer, "_subscription", "consumer: GaplessConsumer.read_to_end_at"),
     Internal(AIOKafkaConsumer, "_subscription", "input_reader: InputReader._ends"),
     Internal(AIOKafkaConsumer, "_coordinator", "consumer: seek_to_committed"),
-    Internal(AIOKafkaConsumer, "_client", "restore: restore_partition; standby: _tail"),
+    Internal(
+        AIOKafkaConsumer,
+        "_client",
+        "restore: restore_partition; standby: _tail; transaction: _landed",
+    ),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
     Internal(
         faust.transport.consumer.ThreadDelegateConsumer, "_thread", "consumer: GaplessConsumer"

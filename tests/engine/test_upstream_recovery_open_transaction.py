@@ -9,7 +9,7 @@ transaction stays open until a producer of its id fences it, so everything commi
 after that transaction began (or, before any fetch, everything) is out of Faust's
 recovery, and a restarted worker starts from nothing or from stale values.
 
-Ours: ``app/engine/restore.py``, ``restore_partition`` (with ``_stable_end_offsets``): it
+Ours: ``app/engine/restore.py``, ``restore_partition`` (with ``stable_end_offsets``): it
 waits until the read_committed end of every changelog partition equals its high
 watermark (no transaction open on it), then reads to that end; Faust's own pass is
 turned off (``OwnRestoreRecovery``).
@@ -113,7 +113,7 @@ async def test_restore_partition_waits_for_the_transaction_to_end(
         tp = TP(table.changelog_topic.get_topic_name(), 0)
         first_ends: list[dict[Any, int]] = []
         read_once = asyncio.Event()
-        stable_end_offsets = restore._stable_end_offsets
+        stable_end_offsets = restore.stable_end_offsets
 
         async def observed(reader: Any, *args: Any) -> Any:
             end_offsets = reader.end_offsets
@@ -127,7 +127,7 @@ async def test_restore_partition_waits_for_the_transaction_to_end(
             reader.end_offsets = recorded
             return await stable_end_offsets(reader, *args)
 
-        monkeypatch.setattr(restore, "_stable_end_offsets", observed)
+        monkeypatch.setattr(restore, "stable_end_offsets", observed)
         restoring = asyncio.ensure_future(restore.restore_partition([table], 0, kafka))
         try:
             # The restore reads the changelog's read_committed end while the transaction

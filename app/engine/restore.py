@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,6 +219,28 @@ def apply_fetched(
     return len(records)
 
 
+@asynccontextmanager
+async def committed_readers(
+    bootstrap: str, topics: Sequence[str]
+) -> AsyncIterator[tuple[AIOKafkaConsumer, AIOKafkaConsumer]]:
+    """A read_committed reader and a read_uncommitted probe (for
+    :func:`stable_end_offsets`), started, with the metadata of ``topics`` learnt in one
+    request: end_offsets() would find the topics unknown one at a time and wait the
+    retry backoff (100 ms) for each (about 1.2 s for the six tables, twice), and for a
+    topic it knows nothing of it answered 0."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await asyncio.gather(reader.start(), probe.start())
+    try:
+        names = sorted(set(topics))
+        await asyncio.gather(reader._client.set_topics(names), probe._client.set_topics(names))
+        yield reader, probe
+    finally:
+        await asyncio.gather(reader.stop(), probe.stop())
+
+
 async def restore_partition(
     tables: Sequence[Any], partition: int, bootstrap: str, *, stable_timeout_s: float = 90.0
 ) -> Restored:
@@ -229,17 +252,8 @@ async def restore_partition(
     """
     by_tp = {TopicPartition(t.changelog_topic.get_topic_name(), partition): t for t in tables}
     tps = list(by_tp)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await asyncio.gather(reader.start(), probe.start())
-    try:
-        # Learn every changelog's metadata in one request: end_offsets() would find the
-        # topics unknown one at a time and wait the retry backoff (100 ms) for each,
-        # about 1.2 s for the six tables, twice.
-        names = sorted({tp.topic for tp in tps})
-        await asyncio.gather(reader._client.set_topics(names), probe._client.set_topics(names))
+    names = sorted({tp.topic for tp in tps})
+    async with committed_readers(bootstrap, names) as (reader, probe):
         facts = await changelog_facts(bootstrap, names)
         # Whatever reaches the changelogs after the end offsets read next (a tombstone
         # the store has not seen) is written after this.
@@ -279,8 +293,6 @@ async def restore_partition(
             as_of = end_seen_at if stable or recorded is None else recorded.as_of
             put_at(table, partition, [], Position(end[tp], as_of, facts.cluster, tp.topic))
         return done
-    finally:
-        await asyncio.gather(reader.stop(), probe.stop())
 
 
 async def stable_end_offsets(

@@ -30,7 +30,6 @@ from functools import lru_cache
 from itertools import chain
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import TopicPartition
@@ -43,7 +42,7 @@ from app.engine.consumer import rebalancing
 from app.engine.faults import retriable
 from app.engine.instance import app, settings
 from app.engine.producer import producer_id_suffix
-from app.engine.restore import known_cluster_id, stable_end_offsets
+from app.engine.restore import committed_readers, known_cluster_id, stable_end_offsets
 from app.engine.stores import LOCAL_PREFIX, put_many
 
 MAX_RECORD_BYTES = 900 * 1024
@@ -482,19 +481,11 @@ async def _landed(
     ``token``. Read back from the end (read_committed) in growing steps until a record of
     ``key`` is found: one writer per changelog partition, so only its own attempts (and
     their markers) are between the end and the key's last record."""
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap or settings.broker_host_ports,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap or settings.broker_host_ports, enable_auto_commit=False
-    )
     tp = TopicPartition(topic, partition)
-    await asyncio.gather(reader.start(), probe.start())
-    try:
-        await asyncio.gather(reader._client.set_topics([topic]), probe._client.set_topics([topic]))
+    async with committed_readers(bootstrap or settings.broker_host_ports, [topic]) as (
+        reader,
+        probe,
+    ):
         # Once no transaction is open (as a restore waits): the last one's markers may
         # still be on their way, and before them the last stable offset stops short.
         ends, stable = await stable_end_offsets(reader, probe, [tp], ATTEMPT_TIMEOUT_S / 2)
@@ -520,8 +511,6 @@ async def _landed(
             if start == 0:
                 return False
             back *= 8
-    finally:
-        await asyncio.gather(reader.stop(), probe.stop())
 
 
 async def _stop_quietly(txn: Any) -> None:

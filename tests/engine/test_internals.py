@@ -92,7 +92,7 @@ INTERNALS = (
     Internal(
         AIOKafkaConsumer,
         "_client",
-        "restore: restore_partition; standby: _tail; transaction: _landed",
+        "restore: committed_readers; standby: _tail",
     ),
     Internal(faust_aiokafka.Consumer, "_new_consumer_thread", "consumer: GaplessConsumer"),
     Internal(

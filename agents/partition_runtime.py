@@ -6,9 +6,11 @@ each input partition's progress), counters. The duplicate memory and the closed 
 kept for HTTP live in RocksDB only (``seen-ids`` with its expiry index, ``windows`` purged
 by key range). A runtime is rebuilt from the tables (:func:`rebuild`) when its partition
 is assigned, so a restart or rebalance resumes exactly where the last committed batch
-left off. The rebuild reads one document; the open windows are read at their first use
-(:attr:`PartitionRuntime.windows`): nothing in it grows with the data, so a restart or a
-takeover is ready as soon as the stores are. This module owns that runtime, the restorer
+left off. The rebuild reads one document; the open windows are read as they are needed
+(:attr:`PartitionRuntime.windows`, :class:`TableWindows`): a SKU's at its first order,
+the others' as stream time closes them. Nothing in it grows with the data, so a restart
+or a takeover is ready as soon as the stores are, and its first orders wait for no more
+than their own SKUs' windows. This module owns that runtime, the restorer
 of the tracker's tables and the encodings of their keys and documents.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ from app.engine.instance import app, settings
 from app.engine.restore import Restorer
 from app.engine.stores import complete_index, get, local_range
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
+from tables.windows import keys_of
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
@@ -57,9 +61,9 @@ class PartitionRuntime:
     stream_time: float | None = None
     """Largest event ts (orders and stock) seen; drives duplicate-memory expiry."""
     loaded_windows: w.PartitionWindows | None = None
-    """The open windows, read from the table at their first use after the rebuild
-    (:attr:`windows`): setting up a partition costs nothing per window, and a partition
-    that gets no order meanwhile never reads them."""
+    """The open windows, set up at their first use after the rebuild (:attr:`windows`)
+    and read from the table on demand: setting up a partition costs nothing per
+    window."""
     saved_windows: dict[str, Any] = field(default_factory=dict)
     """What the last commit recorded of the windows (``order_stream_time``, ``open_from``):
     what they are until they are loaded."""
@@ -93,9 +97,9 @@ class PartitionRuntime:
 
     @property
     def windows(self) -> w.PartitionWindows:
-        """The partition's open windows and window stream time (loaded on first use)."""
+        """The partition's open windows and window stream time (set up on first use)."""
         if self.loaded_windows is None:
-            self.loaded_windows = load_windows(self.partition, self.saved_windows)
+            self.loaded_windows = open_windows(self.partition, self.saved_windows)
         return self.loaded_windows
 
     def windows_record(self) -> dict[str, Any]:
@@ -247,9 +251,62 @@ def window_keys_from(kind: str, start: int) -> bytes:
     return f"{kind}|{max(int(start), 0):012d}|".encode()
 
 
+def open_windows(partition: int, saved: dict[str, Any]) -> w.PartitionWindows:
+    """The open windows of ``partition`` as the last commit left them, read from the
+    table on demand (:class:`TableWindows`). A partition document of a release that
+    recorded no ``open_from`` has them all read now (:func:`load_windows`)."""
+    if "open_from" not in saved or "order_stream_time" not in saved:
+        return load_windows(partition, saved)
+    pw = w.PartitionWindows(SPECS, settings.window_grace_seconds, settings.expedite_threshold)
+    open_from = saved["open_from"]
+    if open_from is None:  # no window open
+        pw.restore((), saved["order_stream_time"], ())
+    else:
+        pw.restore_from(TableWindows(partition), saved["order_stream_time"], int(open_from))
+    return pw
+
+
+@dataclass(frozen=True, slots=True)
+class TableWindows:
+    """The open windows of one partition's ``windows`` table (a ``w.WindowStore``).
+
+    A SKU's are found by the table's local index by SKU (tables/windows.py), a kind's
+    by start by key range (keys of one kind sort by start); closed windows' documents
+    are skipped unparsed.
+    """
+
+    partition: int
+
+    def of_sku(self, sku: str) -> Iterator[w.StoredWindow]:
+        for key in keys_of(sku, self.partition):
+            value = get(windows, key, self.partition)
+            if value is not None and CLOSED not in value:
+                yield stored_window(key, value)
+
+    def starting(self, kind: w.WindowKind, lo: int, hi: int) -> Iterator[w.StoredWindow]:
+        start, stop = window_keys_from(kind, lo), window_keys_from(kind, hi)
+        for key, value in local_range(windows, self.partition, start, stop):
+            if CLOSED not in value:
+                yield stored_window(key, value)
+
+    def first_start(self, kind: w.WindowKind, lo: int) -> int | None:
+        start, stop = window_keys_from(kind, lo), kind.encode() + b"}"
+        for key, value in local_range(windows, self.partition, start, stop):
+            if CLOSED not in value:
+                return w.parse_window_key(key.decode())[2]
+        return None
+
+
+def stored_window(key: bytes, value: bytes) -> w.StoredWindow:
+    doc = orjson.loads(value)
+    return w.StoredWindow(
+        w.parse_window_key(key.decode()), w.agg_from_json(doc), bool(doc.get("expedited"))
+    )
+
+
 def load_windows(partition: int, saved: dict[str, Any]) -> w.PartitionWindows:
-    """The open windows of ``partition`` from the table, as the last commit left them:
-    only the keys from ``open_from`` on are read, and only open ones are parsed."""
+    """The open windows of ``partition`` from the table, all read now: only the keys
+    from ``open_from`` on are read, and only open ones are parsed."""
     pw = w.PartitionWindows(SPECS, settings.window_grace_seconds, settings.expedite_threshold)
     open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
     expedited: list[w.WindowKey] = []

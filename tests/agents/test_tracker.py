@@ -232,6 +232,46 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
     assert any(doc["closed"] for _, doc in live[1]) and not all(d["closed"] for _, d in live[1])
 
 
+def test_a_rebuilt_partition_of_several_skus_closes_windows_it_never_read_like_the_live_one() -> (
+    None
+):
+    # After a rebuild a SKU's windows are read at its first order, the others' as stream
+    # time closes them (PartitionWindows.restore_from): an order of one SKU that closes
+    # the others' windows must emit them exactly as the live runtime does.
+    skus = [s for s in (f"T-{i}" for i in range(2, 400)) if topics.sku_partition(s) == P][:4]
+    a, b, c, d = skus
+    script = [
+        [order("o1", 1, T0 + 1, a), order("o2", 2, T0 + 2, b), order("o3", 3, T0 + 3, c)],
+        [order("o4", 1, T0 + 30, b), order("o5", 1, T0 + 31, b), order("o6", 1, T0 + 32, b)],
+        [order("o7", 1, T0 + 75, d)],  # closes the first minute of a, b, c
+        [order("o8", 1, T0 + 40, c), order("o9", 1, T0 + 135, a)],  # late for c
+        [order("o10", 1, T0 + 200, b), order("o11", 1, T0 + 201, d)],
+        [order("o12", 1, T0 + 700, c)],  # closes every window still open
+    ]
+
+    def play(rebuild_each_time: bool) -> list[list[tuple[str, Any]]]:
+        tracker.runtimes.clear()
+        for table in partition_runtime.TABLES:
+            table.data.data.clear()
+            table.data._key_partition.clear()
+        feed = Feed()
+        outputs = []
+        for events in script:
+            if rebuild_each_time:
+                tracker.runtimes.clear()
+            batch = run(feed.envelope(*events))
+            outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
+        return outputs
+
+    rebuilt, live = play(rebuild_each_time=True), play(rebuild_each_time=False)
+    assert rebuilt == live
+    results = [
+        doc for batch in live for t, doc in batch if t == topics.window_results.get_topic_name()
+    ]
+    assert {doc["sku"] for doc in results[:6]} == {a, b, c}  # closed by d's order
+    assert len(results) == len({(r["sku"], r["kind"], r["window_start"]) for r in results})
+
+
 def test_a_rebuilt_partition_reads_its_windows_only_when_an_order_needs_them() -> None:
     feed = Feed()
     run(feed.envelope(order("o1", 1, T0), order("o2", 1, T0 + 70)))

@@ -15,6 +15,7 @@ from app.domain.rules.windows import (
     ClosedWindow,
     Expedite,
     PartitionWindows,
+    StoredWindow,
     WindowAgg,
     WindowKey,
     WindowSpec,
@@ -854,3 +855,132 @@ def test_idle_close_survives_restore(make: MakeWindows) -> None:
     second.restore(*snapshot(first))
     assert second.close_due() == []  # never emitted again
     assert second.apply_order("a", BASE + 30, 1, Decimal(1)).late == 2
+
+
+# ------------------------------------------------------------------ lazy restore
+
+
+class DictStore:
+    """A WindowStore over a snapshot, as the table held it at the restore; it stays as
+    it was (the real one lags behind), and counts what was read."""
+
+    def __init__(self, pw: PartitionWindows) -> None:
+        aggs, _, expedited = snapshot(pw)
+        marked = set(expedited)
+        self.windows = {key: (agg, key in marked) for key, agg in aggs}
+        self.read: list[WindowKey] = []
+
+    def _out(self, keys: Iterable[WindowKey]) -> list[StoredWindow]:
+        found = [StoredWindow(k, *self.windows[k]) for k in keys]
+        self.read.extend(s.key for s in found)
+        return found
+
+    def of_sku(self, sku: str) -> list[StoredWindow]:
+        return self._out(k for k in self.windows if k[0] == sku)
+
+    def starting(self, kind: str, lo: int, hi: int) -> list[StoredWindow]:
+        return self._out(k for k in self.windows if k[1] == kind and lo <= k[2] < hi)
+
+    def first_start(self, kind: str, lo: int) -> int | None:
+        return min((k[2] for k in self.windows if k[1] == kind and k[2] >= lo), default=None)
+
+
+def lazily_restored(first: PartitionWindows, open_from: int | None = None) -> PartitionWindows:
+    """A PartitionWindows restored from ``first``'s windows as the agent does after a
+    restart: ``open_from`` as its commit records it, unless given (a looser bound)."""
+    second = PartitionWindows(first.specs, first.grace_s, first.expedite_threshold)
+    if open_from is None:
+        close_at = first.next_close_at
+        longest_s = max(s.size_s for s in first.specs)
+        open_from = 0 if close_at is None else close_at - longest_s - first.grace_s
+    second.restore_from(DictStore(first), first.stream_time, open_from)
+    return second
+
+
+def test_lazy_restore_reads_nothing_until_an_order_then_only_its_skus(make: MakeWindows) -> None:
+    first = make()
+    feed(first, [order(f"s{i}", i) for i in range(50)])
+    second = lazily_restored(first)
+    store = second._store
+    assert isinstance(store, DictStore)
+    assert store.read == []
+    second.apply_order("s7", BASE + 50, 1, Decimal(1))
+    assert store.read and {k[0] for k in store.read} == {"s7"}
+    assert second.get(("s7", "tumbling", BASE)) == WindowAgg(2, 2, Decimal(2))
+
+
+def test_lazy_restore_takes_in_due_windows_of_other_skus_in_order(make: MakeWindows) -> None:
+    first = make()
+    feed(first, [order("a", 5), order("b", 6), order("c", 7)])
+    second = lazily_restored(first)
+    second.apply_order("b", BASE + 70, 1, Decimal(1))  # closes the windows ending at 60
+    closed = second.close_due()
+    assert [(c.sku, c.kind, c.window_start, c.agg.orders) for c in closed] == [
+        ("a", "hopping", BASE - 240, 1),
+        ("b", "hopping", BASE - 240, 1),
+        ("c", "hopping", BASE - 240, 1),
+        ("a", "tumbling", BASE, 1),
+        ("b", "tumbling", BASE, 1),
+        ("c", "tumbling", BASE, 1),
+    ]
+    assert second.close_due() == []
+    # "a" is read at its next order: the windows emitted above are not taken in again.
+    assert second.apply_order("a", BASE + 6, 1, Decimal(1)).late == 2
+    assert ("a", "tumbling", BASE) not in second
+    assert second.get(("a", "hopping", BASE)) == WindowAgg(2, 2, Decimal(2))
+
+
+def test_lazy_restore_next_close_at_counts_windows_still_in_the_store(make: MakeWindows) -> None:
+    first = make()
+    feed(first, [order("a", 5)])
+    second = lazily_restored(first)
+    assert second.next_close_at == first.next_close_at == BASE + 70
+    second.advance_to(BASE + 70)
+    assert second.next_close_at == BASE + 130  # the next hopping window of "a"
+
+
+def test_lazy_restore_ends_once_stream_time_passes_every_stored_window(make: MakeWindows) -> None:
+    first = make()
+    feed(first, [order("a", 5)])
+    second = lazily_restored(first)
+    assert second._store is not None
+    closed = second.advance_to(BASE + 400)
+    assert len(closed) == 6
+    assert second._store is None and not second._loaded
+
+
+def test_load_all_reads_every_stored_window(make: MakeWindows) -> None:
+    first = make()
+    feed(first, [order(f"s{i}", i * 7) for i in range(30)], close_after=lambda i: i % 3 == 0)
+    second = lazily_restored(first)
+    second.apply_order("s3", BASE + 210, 1, Decimal(1))
+    second.load_all()
+    third = make()
+    third.restore(*snapshot(first))
+    third.apply_order("s3", BASE + 210, 1, Decimal(1))
+    assert dict(second.items()) == dict(third.items())
+    assert second.expedited == third.expedited
+
+
+@PROPERTY
+@given(scenarios(), st.integers(0, 60), st.booleans())
+def test_property_lazy_restore_anywhere_equals_uninterrupted(
+    scenario: tuple[list[WindowSpec], int, int, list[Order], list[bool]],
+    cut: int,
+    loose: bool,
+) -> None:
+    specs, grace, threshold, orders, close_after = scenario
+    cut = min(cut, len(orders))
+    whole_pw, whole = run_scenario(*scenario)
+    first = PartitionWindows(specs, grace, threshold)
+    part1 = feed(first, orders[:cut], close_after=lambda i: close_after[i])
+    second = lazily_restored(first, BASE - 10_000 if loose else None)
+    assert second.next_close_at == first.next_close_at
+    part2 = feed(second, orders[cut:], close_after=lambda i: close_after[cut + i])
+    part2.closed.extend(second.close_due())
+    assert part1.closed + part2.closed == whole.closed
+    assert part1.late + part2.late == whole.late
+    assert part1.expedites + part2.expedites == whole.expedites
+    second.load_all()
+    assert dict(second.items()) == dict(whole_pw.items())
+    assert set(second.expedited) == set(whole_pw.expedited)

@@ -48,7 +48,7 @@ from decimal import (
 )
 from heapq import heapify, heappop, heappush
 from math import floor
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple, Protocol
 
 __all__ = [
     "EMPTY",
@@ -57,10 +57,12 @@ __all__ = [
     "Expedite",
     "OrderWindowsResult",
     "PartitionWindows",
+    "StoredWindow",
     "WindowAgg",
     "WindowKey",
     "WindowKind",
     "WindowSpec",
+    "WindowStore",
     "add",
     "agg_from_json",
     "agg_to_json",
@@ -379,6 +381,37 @@ class ClosedWindow(NamedTuple):
         return (self.sku, self.kind, self.window_start)
 
 
+class StoredWindow(NamedTuple):
+    """An open window as the agent's table holds it."""
+
+    key: WindowKey
+    agg: WindowAgg
+    expedited: bool
+    """Whether it has raised its expedite already."""
+
+
+class WindowStore(Protocol):
+    """The open windows of one partition as a store holds them, read on demand by a
+    :class:`PartitionWindows` restored with :meth:`PartitionWindows.restore_from`.
+
+    Only windows not yet emitted are returned (a store may still hold closed ones, for
+    reading); what the store says of a window the :class:`PartitionWindows` holds in
+    memory, or has emitted, is never used, so it need not be current for them.
+    """
+
+    def of_sku(self, sku: str) -> Iterable[StoredWindow]:
+        """Every open window of ``sku``, in any order."""
+        ...
+
+    def starting(self, kind: WindowKind, lo: int, hi: int) -> Iterable[StoredWindow]:
+        """Every open window of ``kind`` with ``lo <= start < hi``, in any order."""
+        ...
+
+    def first_start(self, kind: WindowKind, lo: int) -> int | None:
+        """The smallest start ``>= lo`` of an open window of ``kind`` (None: none)."""
+        ...
+
+
 def _closed_order(c: ClosedWindow) -> tuple[int, str, str, int]:
     return (c.window_end, c.kind, c.sku, c.window_start)
 
@@ -410,6 +443,11 @@ class PartitionWindows:
     expedited. Closed windows leave all of them, so memory is bounded by the
     windows that can still receive orders.
 
+    Restored with :meth:`restore_from`, it reads the open windows from a
+    :class:`WindowStore` as they are needed instead: one SKU's at its first order,
+    and the others' as stream time makes them due. A restart then costs nothing per
+    window, and gives the same results as an uninterrupted run.
+
     Not thread-safe; one instance per partition, used by one agent.
     """
 
@@ -417,12 +455,16 @@ class PartitionWindows:
         "_accs",
         "_by_kind",
         "_expedited",
+        "_frontier",
         "_grace",
         "_heap",
+        "_lazy_until",
+        "_loaded",
         "_max_start",
         "_plan",
         "_scan_only",
         "_specs",
+        "_store",
         "_stream_time",
         "_threshold",
     )
@@ -466,6 +508,14 @@ class PartitionWindows:
         self._max_start: float = _NO_TIME
         # Set by restore() if a start is not aligned to its spec (settings changed).
         self._scan_only = False
+        # Lazy restore (restore_from): where the windows not in memory are, the SKUs
+        # whose windows are all in memory, and per kind the start before which every
+        # window of the others has been taken in (or emitted), up to the last start
+        # the store can hold (_lazy_until). None once everything is in memory.
+        self._store: WindowStore | None = None
+        self._loaded: set[str] = set()
+        self._frontier: dict[str, int] = {}
+        self._lazy_until = 0
 
     # ------------------------------------------------------------------ views
 
@@ -494,11 +544,14 @@ class PartitionWindows:
 
     def get(self, key: WindowKey) -> WindowAgg | None:
         """Current aggregate of an open window (None if not open / never seen)."""
+        if self._store is not None and key[0] not in self._loaded:
+            self._load_sku(key[0])
         acc = self._accs.get(key)
         return None if acc is None else acc.freeze()
 
     def items(self) -> Iterator[tuple[WindowKey, WindowAgg]]:
-        """Every open window and its aggregate, in no particular order."""
+        """Every open window and its aggregate, in no particular order (after a
+        :meth:`restore_from`, only those in memory: see :meth:`load_all`)."""
         for key, acc in self._accs.items():
             yield key, acc.freeze()
 
@@ -531,6 +584,8 @@ class PartitionWindows:
         must be finite and ``unit_price`` a finite Decimal (the agent validates
         input before this).
         """
+        if self._store is not None and sku not in self._loaded:
+            self._load_sku(sku)
         before = self._stream_time
         t = floor(ts)
         value = _exact_mul(unit_price, quantity)
@@ -577,8 +632,21 @@ class PartitionWindows:
 
     @property
     def next_close_at(self) -> int | None:
-        """Stream time at which the next held window closes (None if none is held)."""
-        return self._heap[0][0] if self._heap else None
+        """Stream time at which the next open window closes (None if none is open).
+
+        After a :meth:`restore_from`, windows still in the store count too; it may then
+        be the close of a window since emitted (the store is behind), never later
+        than the next close.
+        """
+        due = self._heap[0][0] if self._heap else None
+        store = self._store
+        if store is not None:
+            for kind, _size, _step, _first_off, close_off, _ in self._plan:
+                start = store.first_start(kind, self._frontier[kind])
+                if start is not None and start <= self._lazy_until:
+                    close_at = start + close_off
+                    due = close_at if due is None else min(due, close_at)
+        return due
 
     def advance_to(self, stream_time: float) -> list[ClosedWindow]:
         """Move stream time to ``stream_time`` (if later) without an order, and remove
@@ -598,8 +666,10 @@ class PartitionWindows:
         once: it leaves the structure, and no order can reach it again (its
         expedited mark is forgotten too).
         """
-        heap = self._heap
         st = self._stream_time
+        if self._store is not None:
+            self._take_due(st)
+        heap = self._heap
         if not heap or heap[0][0] > st:
             return []
         accs = self._accs
@@ -664,6 +734,87 @@ class PartitionWindows:
         self._stream_time = st
         self._max_start = max((k[2] for k in accs), default=_NO_TIME)
         self._scan_only = any(k[2] % by_kind[k[1]].step_s for k in accs)
+        self._store = None
+        self._loaded = set()
+
+    def restore_from(self, store: WindowStore, stream_time: float | None, open_from: int) -> None:
+        """Replace the whole state with the one in ``store``, read on demand.
+
+        ``stream_time`` is the stream time the store's windows were written at, and
+        ``open_from`` a lower bound of the starts of its open windows. Nothing is read
+        here: a SKU's windows are read at its first order (or :meth:`get`), and the
+        other SKUs' windows as stream time makes them due (:meth:`close_due`), until
+        stream time has passed every window the store can hold. Then the store is no
+        longer used. The results are those of :meth:`restore` with every window.
+        """
+        self.restore((), stream_time, ())
+        if stream_time is None:
+            return  # no order yet: the store holds no window
+        self._store = store
+        self._frontier = {spec.kind: open_from for spec in self._specs}
+        # An order opens windows starting at or before its ts only.
+        self._lazy_until = floor(stream_time)
+        self._max_start = self._lazy_until
+        self._end_lazy_if_done()
+
+    def load_all(self) -> None:
+        """Read every window still in the store (after :meth:`restore_from`)."""
+        if self._store is not None:
+            for spec in self._specs:
+                self._take(spec.kind, self._lazy_until + 1)
+            self._end_lazy_if_done()
+
+    def _load_sku(self, sku: str) -> None:
+        store = self._store
+        assert store is not None
+        self._loaded.add(sku)
+        frontier = self._frontier
+        for stored in store.of_sku(sku):
+            key = stored.key
+            # Before the frontier: taken in by _take_due already (held, or emitted).
+            if key not in self._accs and key[2] >= frontier.get(key[1], key[2] + 1):
+                self._hold(stored)
+
+    def _take_due(self, stream_time: float) -> None:
+        """Take in, from the store, the windows of SKUs not loaded that ``stream_time``
+        closes: close_due then emits them with the others, in order."""
+        for kind, _size, _step, _first_off, close_off, _ in self._plan:
+            self._take(kind, floor(stream_time) - close_off + 1)  # starts before it are due
+        self._end_lazy_if_done()
+
+    def _take(self, kind: WindowKind, start_before: int) -> None:
+        """Take in the stored windows of ``kind`` of SKUs not loaded that start before
+        ``start_before``, and move the kind's frontier there."""
+        store = self._store
+        assert store is not None
+        lo = self._frontier[kind]
+        if start_before <= lo:
+            return
+        loaded = self._loaded
+        accs = self._accs
+        for stored in store.starting(kind, lo, start_before):
+            if stored.key[0] not in loaded and stored.key not in accs:
+                self._hold(stored)
+        self._frontier[kind] = start_before
+
+    def _hold(self, stored: StoredWindow) -> None:
+        key, agg, expedited = stored
+        spec = self._by_kind.get(key[1])
+        if spec is None:  # pragma: no cover - both kinds always have a spec
+            return
+        close_at = key[2] + spec.size_s + self._grace
+        self._accs[key] = _Acc(agg.orders, agg.units, agg.revenue)
+        heappush(self._heap, (close_at, key[0], key[1], key[2]))
+        if expedited and self._stream_time < close_at:
+            self._expedited.add(key)
+        if key[2] % spec.step_s:
+            self._scan_only = True
+
+    def _end_lazy_if_done(self) -> None:
+        if all(f > self._lazy_until for f in self._frontier.values()):
+            self._store = None
+            self._loaded = set()
+            self._frontier = {}
 
     # ------------------------------------------------------------------- HTTP
 
@@ -674,6 +825,8 @@ class PartitionWindows:
         stream time instead of scanning every open window (it scans only if that
         range would be larger than the table).
         """
+        if self._store is not None and sku not in self._loaded:
+            self._load_sku(sku)
         spec = self._by_kind.get(kind)
         accs = self._accs
         if spec is None or not accs:

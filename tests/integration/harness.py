@@ -229,7 +229,7 @@ class Worker:
         if wait:
             self.wait_ready(timeout_s)
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
+    def wait_ready(self, timeout_s: float = 90.0, poll_s: float = 0.3) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -238,7 +238,7 @@ class Worker:
             status, _ = self.get("/health")
             if status == 200:
                 return
-            time.sleep(0.3)
+            time.sleep(poll_s)
         raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.tail()}")
 
     def logs(self) -> list[Path]:
@@ -286,15 +286,17 @@ class Worker:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return 0, None, {}
 
-    def wait_for(self, path: str, predicate: Any, timeout_s: float = 60.0) -> Any:
-        """Poll ``path`` until ``predicate(body)`` holds; return the body."""
+    def wait_for(
+        self, path: str, predicate: Any, timeout_s: float = 60.0, poll_s: float = 0.2
+    ) -> Any:
+        """Poll ``path`` every ``poll_s`` until ``predicate(body)`` holds; return the body."""
         deadline = time.monotonic() + timeout_s
         body: Any = None
         while time.monotonic() < deadline:
             status, body = self.get(path)
             if status == 200 and predicate(body):
                 return body
-            time.sleep(0.2)
+            time.sleep(poll_s)
         raise AssertionError(f"timed out waiting on {path}; last answer: {body}\n{self.tail()}")
 
 

@@ -4,7 +4,7 @@ The engine (``app/engine/``) is the only code that reaches into these libraries'
 internals (``../shared/tools/archcheck.py`` and import-linter keep it so). This test is
 its inventory: one row per internal, naming the engine function or class that uses it.
 On a library version where one of them is gone, the failure names it and its user, so
-an upgrade starts from a list instead of from a crash in production. Two upstream
+an upgrade starts from a list instead of from a crash in production. Upstream
 methods the engine *re-implements* (rather than calls) are pinned by a hash of their
 source: when upstream changes them, the copy must be reviewed.
 """
@@ -139,6 +139,11 @@ INTERNALS = (
     Internal(TopicPartitionState, "has_valid_position", "input_reader: InputReader._ends"),
     Internal(TopicPartitionState, "lso", "input_reader: InputReader._ends (at end, lag)"),
     Internal(TopicPartitionState, "position", "input_reader: InputReader._ends"),
+    Internal(
+        faust.tables.manager.TableManager,
+        "_update_channels",
+        "restore: OwnRestoreTableManager.on_start",
+    ),
 )
 
 REIMPLEMENTED = {
@@ -146,6 +151,11 @@ REIMPLEMENTED = {
     "faust.transport.consumer.Consumer.getmany": (
         faust.transport.consumer.Consumer.getmany,
         "4b168d84882a70d6",
+    ),
+    # OwnRestoreTableManager.on_start is Faust's, without its 1 s sleep (app/engine/restore.py).
+    "faust.tables.manager.TableManager.on_start": (
+        faust.tables.manager.TableManager.on_start,
+        "365dd25fbc0e0684",
     ),
     # _JsonErrorServer.__call__ is aiohttp's, with another handler class.
     "aiohttp.web_server.Server.__call__": (aiohttp.web_server.Server.__call__, "c5700549e688b164"),

@@ -768,11 +768,11 @@ class PartitionWindows:
         store = self._store
         assert store is not None
         self._loaded.add(sku)
-        frontier = self._frontier
         for stored in store.of_sku(sku):
             key = stored.key
-            # Before the frontier: taken in by _take_due already (held, or emitted).
-            if key not in self._accs and key[2] >= frontier.get(key[1], key[2] + 1):
+            frontier = self._frontier.get(key[1])
+            # Before its kind's frontier: taken in by _take_due already (held or emitted).
+            if key not in self._accs and frontier is not None and key[2] >= frontier:
                 self._hold(stored)
 
     def _take_due(self, stream_time: float) -> None:

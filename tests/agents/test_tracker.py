@@ -194,6 +194,26 @@ def test_an_expedite_names_the_open_supplier_order_once_per_hopping_window() -> 
     assert {e["supplier_order_id"] for e in expedites} == {f"SO-{SKU}-1"}
 
 
+def play_script(
+    script: list[list[tuple[str, dict[str, Any]]]], rebuild_each_time: bool
+) -> list[list[tuple[str, Any]]]:
+    """Each batch's outputs of ``script`` (one envelope per batch) from empty tables;
+    with ``rebuild_each_time``, every batch finds its runtime rebuilt from the tables
+    only, as after a restart."""
+    tracker.runtimes.clear()
+    for table in partition_runtime.TABLES:
+        table.data.data.clear()
+        table.data._key_partition.clear()
+    feed = Feed()
+    outputs = []
+    for events in script:
+        if rebuild_each_time:
+            tracker.runtimes.clear()
+        batch = run(feed.envelope(*events))
+        outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
+    return outputs
+
+
 def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one() -> None:
     script = [
         [delivery("d1", 30, T0), order("o1", 4, T0 + 1)],
@@ -207,17 +227,7 @@ def test_a_runtime_rebuilt_from_the_tables_carries_on_exactly_like_the_live_one(
     ]
 
     def play(rebuild_each_time: bool) -> tuple[list[list[tuple[str, Any]]], list[Any]]:
-        tracker.runtimes.clear()
-        for table in partition_runtime.TABLES:
-            table.data.data.clear()
-            table.data._key_partition.clear()
-        feed = Feed()
-        outputs = []
-        for events in script:
-            if rebuild_each_time:
-                tracker.runtimes.clear()  # as after a restart: state from the tables only
-            batch = run(feed.envelope(*events))
-            outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
+        outputs = play_script(script, rebuild_each_time)
         held = sorted(
             (k.decode(), orjson.loads(v)) for k, v in items(partition_runtime.windows, P)
         )
@@ -249,21 +259,7 @@ def test_a_rebuilt_partition_of_several_skus_closes_windows_it_never_read_like_t
         [order("o12", 1, T0 + 700, c)],  # closes every window still open
     ]
 
-    def play(rebuild_each_time: bool) -> list[list[tuple[str, Any]]]:
-        tracker.runtimes.clear()
-        for table in partition_runtime.TABLES:
-            table.data.data.clear()
-            table.data._key_partition.clear()
-        feed = Feed()
-        outputs = []
-        for events in script:
-            if rebuild_each_time:
-                tracker.runtimes.clear()
-            batch = run(feed.envelope(*events))
-            outputs.append([(t, orjson.loads(v)) for t, _, v, _ in batch.outputs])
-        return outputs
-
-    rebuilt, live = play(rebuild_each_time=True), play(rebuild_each_time=False)
+    rebuilt, live = play_script(script, True), play_script(script, False)
     assert rebuilt == live
     results = [
         doc for batch in live for t, doc in batch if t == topics.window_results.get_topic_name()

@@ -788,22 +788,32 @@ def test_property_tumbling_orders_sum_to_non_late_orders(
 
 
 @PROPERTY
-@given(scenarios(), st.integers(0, 60))
+@given(scenarios(), st.integers(0, 60), st.sampled_from(["all", "lazy", "lazy, loose bound"]))
 def test_property_restore_anywhere_equals_uninterrupted(
-    scenario: tuple[list[WindowSpec], int, int, list[Order], list[bool]], cut: int
+    scenario: tuple[list[WindowSpec], int, int, list[Order], list[bool]], cut: int, how: str
 ) -> None:
+    """Restored with every window (restore) or from a store read on demand (restore_from,
+    with the agent's lower bound of open starts or a looser one), then fed the rest:
+    the same closed windows in the same order, late counts and expedites."""
     specs, grace, threshold, orders, close_after = scenario
     cut = min(cut, len(orders))
-    _, whole = run_scenario(*scenario)
+    whole_pw, whole = run_scenario(*scenario)
     first = PartitionWindows(specs, grace, threshold)
     part1 = feed(first, orders[:cut], close_after=lambda i: close_after[i])
-    second = PartitionWindows(specs, grace, threshold)
-    second.restore(*snapshot(first))
+    if how == "all":
+        second = PartitionWindows(specs, grace, threshold)
+        second.restore(*snapshot(first))
+    else:
+        second = lazily_restored(first, BASE - 10_000 if how == "lazy, loose bound" else None)
+    assert second.next_close_at == first.next_close_at
     part2 = feed(second, orders[cut:], close_after=lambda i: close_after[cut + i])
     part2.closed.extend(second.close_due())
-    assert closed_map(part1.closed + part2.closed) == closed_map(whole.closed)
+    assert part1.closed + part2.closed == whole.closed
     assert part1.late + part2.late == whole.late
     assert part1.expedites + part2.expedites == whole.expedites
+    second.load_all()
+    assert dict(second.items()) == dict(whole_pw.items())
+    assert set(second.expedited) == set(whole_pw.expedited)
 
 
 # -------------------------------------------------------------------- idle close
@@ -960,27 +970,3 @@ def test_load_all_reads_every_stored_window(make: MakeWindows) -> None:
     third.apply_order("s3", BASE + 210, 1, Decimal(1))
     assert dict(second.items()) == dict(third.items())
     assert second.expedited == third.expedited
-
-
-@PROPERTY
-@given(scenarios(), st.integers(0, 60), st.booleans())
-def test_property_lazy_restore_anywhere_equals_uninterrupted(
-    scenario: tuple[list[WindowSpec], int, int, list[Order], list[bool]],
-    cut: int,
-    loose: bool,
-) -> None:
-    specs, grace, threshold, orders, close_after = scenario
-    cut = min(cut, len(orders))
-    whole_pw, whole = run_scenario(*scenario)
-    first = PartitionWindows(specs, grace, threshold)
-    part1 = feed(first, orders[:cut], close_after=lambda i: close_after[i])
-    second = lazily_restored(first, BASE - 10_000 if loose else None)
-    assert second.next_close_at == first.next_close_at
-    part2 = feed(second, orders[cut:], close_after=lambda i: close_after[cut + i])
-    part2.closed.extend(second.close_due())
-    assert part1.closed + part2.closed == whole.closed
-    assert part1.late + part2.late == whole.late
-    assert part1.expedites + part2.expedites == whole.expedites
-    second.load_all()
-    assert dict(second.items()) == dict(whole_pw.items())
-    assert set(second.expedited) == set(whole_pw.expedited)

@@ -319,7 +319,6 @@ class DirectJoin:
         id's, which its new owner initialises on assignment.
         """
         batch.sources.pop(tp, None)
-        batch.metadata.pop(tp, None)
         for input_tp, position in shown.items():
             # Not where the input is read again from (that is the resume points): how
             # far this worker has read, for lag monitors and the injector's barriers

@@ -245,7 +245,6 @@ def finish(proc: BatchProcessor, tp: TP | None = None) -> Batch:
         offset = proc.rt.commit_offset()
         if offset is not None:
             proc.batch.sources[tp] = offset
-            proc.batch.metadata[tp] = token
     return proc.batch
 
 
@@ -254,7 +253,7 @@ _commit_count = itertools.count()
 
 
 def next_commit_token() -> str:
-    """Unique per commit of this process (the metadata of the tracker's offsets)."""
+    """Unique per commit of this process (what the partition's document carries)."""
     return f"{_COMMIT_PREFIX}-{next(_commit_count)}"
 
 

@@ -448,10 +448,10 @@ async def _committed_already(batch: Batch) -> bool:
     Asked only on a retry, once the producer of the failed attempt was replaced: the new
     producer's initialisation ended that attempt's transaction one way or the other, so
     what is committed is final for it. With ``landed_by``, the changelog tells
-    (:func:`_landed`). Otherwise the group's committed offsets do: two batches can
-    commit the same offset (the tracker's stays at an envelope whose events still wait
-    in the merge), so an equal offset counts only with this batch's own metadata (the
-    tracker puts a token there that no other batch has).
+    (:func:`_landed`; every batch of the tracker has one, since its offset can stay at
+    an envelope whose events still wait in the merge, so two of its batches can commit
+    the same offset). Otherwise the group's committed offsets do: an equal offset counts
+    only with this batch's own metadata.
     """
     if batch.landed_by is not None:
         table, key, token = batch.landed_by

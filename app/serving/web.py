@@ -28,6 +28,7 @@ from app.domain.text import cut
 from app.engine import health as worker_health
 from app.engine.instance import app, settings
 from app.engine.restore import unrestored
+from app.engine.startup import INSTANCE_HEADER
 from app.engine.stores import get, items, lookup
 from app.engine.topics import events_by_sku, sku_partition
 from app.engine.web_server import error, json_response
@@ -167,6 +168,14 @@ def assigned() -> set[Any]:
 
 @route("/health")
 async def health(web: Any, request: Any) -> aioweb.Response:
+    response = _health()
+    if settings.worker_instance_id:
+        # How a worker starting with the same id finds this one (app/engine/startup.py).
+        response.headers[INSTANCE_HEADER] = settings.worker_instance_id
+    return response
+
+
+def _health() -> aioweb.Response:
     # Never ok while stopping; degraded (with the reason) while the cluster or the commits
     # stand in the way (app/engine/health.py); ready once Faust's recovery is done and every
     # assigned partition is restored.

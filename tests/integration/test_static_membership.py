@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.harness import Worker, produce
+from tests.integration.harness import Worker, free_port, produce
 from tests.integration.oracle import Oracle, check_results
 from tests.integration.test_exactly_once import by_sku, make_events
 
@@ -140,3 +140,74 @@ def test_a_static_member_killed_and_restarted_keeps_its_place(kafka: str, tmp_pa
     finally:
         for w in (w1, w2):
             w.stop()
+
+
+def test_a_second_worker_with_a_running_workers_instance_id_is_refused(
+    kafka: str, tmp_path: Path
+) -> None:
+    # Without the start-up check the second worker took the first one's place in the
+    # group (fencing it) with an assignment made for the first one's URL, on which
+    # Faust's assignor stopped: neither worker worked any more, and nothing said why.
+    env = {"WORKER_INSTANCE_ID": "dup", "FAILURE_DETECTION_SECONDS": str(SESSION_S)}
+    w1 = Worker(kafka, tmp_path / "w1", env_extra=env)
+    w2 = Worker(kafka, tmp_path / "w2", env_extra=env, app_id=w1.app_id)
+    try:
+        w1.start()
+        _, before = wait_group(kafka, w1.app_id, lambda s, m: s == "Stable" and len(m) == 1)
+        w2.start(wait=False)
+        assert w2.proc is not None
+        assert w2.proc.wait(timeout=60) == 2
+        said = w2.tail()
+        assert f"WORKER_INSTANCE_ID 'dup' is in use by the running worker at {w1.url}" in said
+        # The first worker was not disturbed: same member, still serving.
+        assert group(kafka, w1.app_id) == ("Stable", before)
+        assert w1.get("/health") == (200, {"status": "ok"})
+        assert joins(w1) == joins(w1)[:1]
+    finally:
+        for w in (w1, w2):
+            w.stop()
+
+
+def test_a_static_member_restarted_at_another_address_gets_an_assignment_of_its_own(
+    kafka: str, tmp_path: Path
+) -> None:
+    # The broker hands a restarted static member its former assignment, which names the
+    # former URL; Faust's assignor stopped on that, and the worker never became ready.
+    # Now the start waits (at most FAILURE_DETECTION_SECONDS) for the group to drop the
+    # former member, whose address no longer answers, and then joins afresh.
+    detection_s = 6
+    w1 = Worker(
+        kafka,
+        tmp_path / "w1",
+        env_extra={"WORKER_INSTANCE_ID": "moved", "FAILURE_DETECTION_SECONDS": str(detection_s)},
+    )
+    try:
+        w1.start()
+        produce(
+            kafka,
+            w1.topic("stock"),
+            [
+                {
+                    "event_id": "d1",
+                    "sku": "M-1",
+                    "reason": "delivery",
+                    "quantity": 7,
+                    "ts": 1_795_694_400,
+                }
+            ],
+        )
+        w1.wait_for("/stock/M-1", lambda b: b["level"] == 7)
+        old_url = w1.url
+        w1.kill()
+        w1.port = free_port()
+        started = time.monotonic()
+        w1.start(wait=False)
+        w1.wait_ready(detection_s + 60)
+        waited_s = time.monotonic() - started
+        said = w1.logs()[-1].read_text(errors="replace")
+        assert f"WORKER_INSTANCE_ID 'moved' was last at {old_url}, which does not answer" in said
+        assert waited_s < detection_s + 30
+        w1.wait_for("/cluster", lambda b: [x["url"] for x in b["workers"]] == [w1.url])
+        assert w1.get("/stock/M-1")[1]["level"] == 7
+    finally:
+        w1.stop()

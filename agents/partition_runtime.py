@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from app.engine.instance import app, settings
 from app.engine.restore import Restorer
 from app.engine.stores import complete_index, get, local_range
 from tables import order_status, partition_state, seen_ids, sku_state, supplier_orders, windows
-from tables.windows import keys_of
+from tables.windows import keys_between
 
 SPECS = (
     w.tumbling(settings.tumbling_seconds),
@@ -277,11 +277,17 @@ class TableWindows:
 
     partition: int
 
-    def of_sku(self, sku: str) -> Iterator[w.StoredWindow]:
-        for key in keys_of(sku, self.partition):
-            value = get(windows, key, self.partition)
-            if value is not None and CLOSED not in value:
-                yield stored_window(key, value)
+    def of_sku(
+        self, sku: str, starts_from: Mapping[w.WindowKind, int]
+    ) -> Iterator[w.StoredWindow]:
+        # From each kind's start on: the index holds the SKU's closed windows too, for an
+        # hour (CLOSED_WINDOW_RETENTION_SECONDS), tens of them for a busy SKU.
+        for kind, start in starts_from.items():
+            first, stop = window_keys_from(kind, start), kind.encode() + b"}"
+            for key in keys_between(sku, self.partition, first, stop):
+                value = get(windows, key, self.partition)
+                if value is not None and CLOSED not in value:
+                    yield stored_window(key, value)
 
     def starting(self, kind: w.WindowKind, lo: int, hi: int) -> Iterator[w.StoredWindow]:
         start, stop = window_keys_from(kind, lo), window_keys_from(kind, hi)

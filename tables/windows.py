@@ -39,3 +39,12 @@ def keys_of(sku: str, partition: int) -> list[bytes]:
     """The keys of ``sku``'s windows in the local store partition, sorted."""
     prefix = _sku_prefix(sku.encode())
     return [k[len(prefix) :] for k, _ in local_range(windows, partition, prefix, prefix + b"\xff")]
+
+
+def keys_between(sku: str, partition: int, first: bytes, stop: bytes) -> list[bytes]:
+    """The keys of ``sku``'s windows in the local store partition from ``first`` up to
+    ``stop`` (excluded), sorted: e.g. one kind's from a start on, as keys of one kind
+    sort by start."""
+    prefix = _sku_prefix(sku.encode())
+    found = local_range(windows, partition, prefix + first, prefix + stop)
+    return [k[len(prefix) :] for k, _ in found]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 
 import pytest
@@ -885,8 +885,9 @@ class DictStore:
         self.read.extend(s.key for s in found)
         return found
 
-    def of_sku(self, sku: str) -> list[StoredWindow]:
-        return self._out(k for k in self.windows if k[0] == sku)
+    def of_sku(self, sku: str, starts_from: Mapping[str, int]) -> list[StoredWindow]:
+        # Older ones too, as the protocol allows: PartitionWindows must skip them.
+        return self._out(k for k in self.windows if k[0] == sku and k[1] in starts_from)
 
     def starting(self, kind: str, lo: int, hi: int) -> list[StoredWindow]:
         return self._out(k for k in self.windows if k[1] == kind and lo <= k[2] < hi)

@@ -399,8 +399,9 @@ class WindowStore(Protocol):
     memory, or has emitted, is never used, so it need not be current for them.
     """
 
-    def of_sku(self, sku: str) -> Iterable[StoredWindow]:
-        """Every open window of ``sku``, in any order."""
+    def of_sku(self, sku: str, starts_from: Mapping[WindowKind, int]) -> Iterable[StoredWindow]:
+        """Every open window of ``sku`` of each kind of ``starts_from`` that starts at or
+        after ``starts_from[kind]``, in any order (older ones may come too)."""
         ...
 
     def starting(self, kind: WindowKind, lo: int, hi: int) -> Iterable[StoredWindow]:
@@ -514,7 +515,7 @@ class PartitionWindows:
         # the store can hold (_lazy_until). None once everything is in memory.
         self._store: WindowStore | None = None
         self._loaded: set[str] = set()
-        self._frontier: dict[str, int] = {}
+        self._frontier: dict[WindowKind, int] = {}
         self._lazy_until = 0
 
     # ------------------------------------------------------------------ views
@@ -768,7 +769,7 @@ class PartitionWindows:
         store = self._store
         assert store is not None
         self._loaded.add(sku)
-        for stored in store.of_sku(sku):
+        for stored in store.of_sku(sku, self._frontier):
             key = stored.key
             frontier = self._frontier.get(key[1])
             # Before its kind's frontier: taken in by _take_due already (held or emitted).

@@ -99,6 +99,7 @@ async def ensure_topics(
             log.info(
                 "Created topics (%d replicas): %s", replicas, ", ".join(t.name for t in missing)
             )
+            await _until_served(admin, [t.name for t in missing])
         for name, n in sorted(have.items()):
             if n != partitions:
                 log.warning(
@@ -111,6 +112,42 @@ async def ensure_topics(
         return {name: have.get(name, partitions) for name in wanted}
     finally:
         await admin.close()
+
+
+SERVED_WAIT_S = 10.0
+"""Longest a start waits for topics it created to be served (:func:`_until_served`)."""
+
+
+async def _until_served(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Return once the cluster's metadata has a leader for every partition of ``names``
+    (at most :data:`SERVED_WAIT_S`).
+
+    A created topic reaches the brokers' metadata a little after CreateTopics answers
+    (KRaft applies it asynchronously, later on a loaded machine). A group whose
+    assignment is computed before that gets no partition of the topic, and nothing asks
+    again: a first start then ran with no partitions at all. Faust's table manager slept
+    a second before subscribing, which mostly hid this (app/engine/restore.py).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SERVED_WAIT_S
+    pending = set(names)
+    while True:
+        for t in await admin.describe_topics(sorted(pending)):
+            partitions = _field(t, "partitions")
+            if (
+                _field(t, "error_code") == 0
+                and partitions
+                and all(_field(p, "leader") >= 0 for p in partitions)
+            ):
+                pending.discard(_field(t, "topic"))
+        if not pending:
+            return
+        if loop.time() >= deadline:
+            log.warning(
+                "Topics created but not served after %.0f s: %s", SERVED_WAIT_S, sorted(pending)
+            )
+            return
+        await asyncio.sleep(0.05)
 
 
 class ClusterProbe:

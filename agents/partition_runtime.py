@@ -290,10 +290,9 @@ class TableWindows:
                     yield stored_window(key, value)
 
     def starting(self, kind: w.WindowKind, lo: int, hi: int) -> Iterator[w.StoredWindow]:
-        start, stop = window_keys_from(kind, lo), window_keys_from(kind, hi)
-        for key, value in local_range(windows, self.partition, start, stop):
-            if CLOSED not in value:
-                yield stored_window(key, value)
+        return stored_between(
+            self.partition, window_keys_from(kind, lo), window_keys_from(kind, hi)
+        )
 
     def first_start(self, kind: w.WindowKind, lo: int) -> int | None:
         start, stop = window_keys_from(kind, lo), kind.encode() + b"}"
@@ -310,24 +309,31 @@ def stored_window(key: bytes, value: bytes) -> w.StoredWindow:
     )
 
 
+def stored_between(partition: int, first: bytes, stop: bytes) -> Iterator[w.StoredWindow]:
+    """The open windows of ``partition`` with keys from ``first`` up to ``stop``
+    (excluded); closed ones are skipped unparsed."""
+    for key, value in local_range(windows, partition, first, stop):
+        if CLOSED not in value:
+            yield stored_window(key, value)
+
+
 def load_windows(partition: int, saved: dict[str, Any]) -> w.PartitionWindows:
     """The open windows of ``partition`` from the table, all read now: only the keys
     from ``open_from`` on are read, and only open ones are parsed."""
     pw = w.PartitionWindows(SPECS, settings.window_grace_seconds, settings.expedite_threshold)
-    open_aggs: list[tuple[w.WindowKey, w.WindowAgg]] = []
-    expedited: list[w.WindowKey] = []
     open_from = saved.get("open_from", 0)
-    for spec in SPECS if open_from is not None else ():
-        start, stop = window_keys_from(spec.kind, open_from), spec.kind.encode() + b"}"
-        for key, value in local_range(windows, partition, start, stop):
-            if CLOSED in value:
-                continue
-            doc = orjson.loads(value)
-            wkey = w.parse_window_key(key.decode())
-            open_aggs.append((wkey, w.agg_from_json(doc)))
-            if doc.get("expedited"):
-                expedited.append(wkey)
-    pw.restore(open_aggs, saved.get("order_stream_time"), expedited)
+    stored = [
+        found
+        for spec in (SPECS if open_from is not None else ())
+        for found in stored_between(
+            partition, window_keys_from(spec.kind, open_from), spec.kind.encode() + b"}"
+        )
+    ]
+    pw.restore(
+        [(s.key, s.agg) for s in stored],
+        saved.get("order_stream_time"),
+        [s.key for s in stored if s.expedited],
+    )
     return pw
 
 

@@ -37,8 +37,7 @@ index_with(windows, BY_SKU, "by-sku-1", _index)
 
 def keys_of(sku: str, partition: int) -> list[bytes]:
     """The keys of ``sku``'s windows in the local store partition, sorted."""
-    prefix = _sku_prefix(sku.encode())
-    return [k[len(prefix) :] for k, _ in local_range(windows, partition, prefix, prefix + b"\xff")]
+    return keys_between(sku, partition, b"", b"\xff")
 
 
 def keys_between(sku: str, partition: int, first: bytes, stop: bytes) -> list[bytes]:

@@ -24,10 +24,13 @@ The repartitioned join, with the envelope's timestamps too:
 "Readable" is when this reader got the record, so its own fetch wait (10 ms at most)
 is in 2 and 4. Then, from the worker's ``/metrics``: how long events waited in the
 join's event-time merge, a batch waited for its transactional producer, and a
-transaction's writes and EndTxn took. The machine's load average is printed too: on a
-shared machine the figures move with it. A benchmark, not a test: it asserts nothing.
+transaction's writes and EndTxn took. The machine's load average and pace (a fixed
+Python loop's time) are printed too, and the CPU the broker's JIT compilers used while
+orders were counted: on a shared machine the figures move with them, and a fresh
+broker compiles for about its first minute (hence the 60 s warm-up by default). A
+benchmark, not a test: it asserts nothing.
 
-    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 30] [--warmup 5]
+    .venv/bin/python bench/latency.py [--rate 1000] [--seconds 30] [--warmup 60]
         [--join-read direct|repartition] [--linger-ms 5] [--bootstrap HOST:PORT]
 """
 
@@ -41,6 +44,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +85,15 @@ class Seen:
 
 
 async def run(
-    worker: Worker, bootstrap: str, rate: float, seconds: float, warmup: float = 0.0
+    worker: Worker,
+    bootstrap: str,
+    rate: float,
+    seconds: float,
+    warmup: float = 0.0,
+    counting: Callable[[], None] = lambda: None,
 ) -> tuple[list[float], list[list[float]], list[tuple[float, float]]]:
+    """Send the orders and read their statuses; ``counting()`` is called as the first
+    counted order is sent."""
     sent_at: dict[str, Seen] = {}
     latencies: list[float] = []
     timeline: list[tuple[float, float]] = []  # (seconds into the run when sent, latency)
@@ -164,6 +175,8 @@ async def run(
             await producer.send(
                 worker.topic("stock"), orjson.dumps({**move, "ts": now}), partition=i % 4
             )
+        if i == warm:
+            counting()
         oid = f"lat-{i}" if i >= warm else f"warm-{i}"
         value = {"order_id": oid, "customer_id": "c", "sku": sku, "quantity": 1}
         if i >= warm:
@@ -185,6 +198,53 @@ async def run(
 
 
 SLICE_S = 5.0
+
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+"""Linux thread names (15 characters) of HotSpot's JIT compilers."""
+
+
+def broker_pid(bootstrap: str) -> int | None:
+    """The pid of the local ``kafka.Kafka`` JVM listening on ``bootstrap``'s port (its
+    properties file, the last argument, names the port), or None (not local, not Linux)."""
+    port = bootstrap.split(",")[0].rsplit(":", 1)[-1]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"kafka.Kafka" not in args:
+                continue
+            props = Path(args[args.index(b"kafka.Kafka") + 1].decode())
+            if re.search(rf"^listeners=.*:{port}\b", props.read_text(), re.M):
+                return int(proc.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def jit_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds the JVM's JIT compiler threads have used so far."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            if (task / "comm").read_text().strip() in JIT_THREADS:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_pace_ms() -> float:
+    """The best of three timings of a fixed pure-Python loop: on a shared machine the
+    same code runs at different speeds at different hours, and so do these figures."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(range(5_000_000))
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best
+
 
 DUMP: list[list[float]] | None = None
 """With --dump: per order, its five moments (seconds into the run), for a closer look."""
@@ -257,8 +317,11 @@ def main() -> None:
     parser.add_argument(
         "--warmup",
         type=float,
-        default=0.0,
-        help="send orders for this many seconds first, not counted (the worker's start-up)",
+        default=60.0,
+        help="send orders for this many seconds first, not counted: the worker's start-up "
+        "and the broker's: a fresh broker's JIT compilers used about 16 CPU-s of this "
+        "machine's 2 cores in its first 40 s, 2 in the next 20 and next to none after "
+        "(printed for the counted part)",
     )
     parser.add_argument("--dump", default=None, help="write every order's moments (JSON)")
     parser.add_argument("--join-read", choices=("direct", "repartition"), default="direct")
@@ -277,19 +340,33 @@ def main() -> None:
     LINGER_MS = args.linger_ms
 
     def bench(bootstrap: str) -> None:
+        pace_ms = machine_pace_ms()
+        broker = broker_pid(bootstrap)
+        jit_at: list[float | None] = []
         with running_worker(bootstrap, JOIN_READ=args.join_read) as worker:
             load_before = os.getloadavg()[0]
             cpu_before, wall_before = cpu_seconds(worker), time.monotonic()
             lat, stages, timeline = asyncio.run(
-                run(worker, bootstrap, args.rate, args.seconds, args.warmup)
+                run(
+                    worker,
+                    bootstrap,
+                    args.rate,
+                    args.seconds,
+                    args.warmup,
+                    lambda: jit_at.append(jit_cpu_seconds(broker)),
+                )
             )
             cpu_used, wall = cpu_seconds(worker) - cpu_before, time.monotonic() - wall_before
             load_after = os.getloadavg()[0]
+            jit_at.append(jit_cpu_seconds(broker))
             if not lat:
                 print("no order-status record read")
                 return
             lat.sort()
-            p = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+
+            def p(q: float) -> float:
+                return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
+
             print(
                 f"order -> order-status ({args.join_read} join) at {args.rate:g} orders/s "
                 f"for {args.seconds:g} s "
@@ -305,6 +382,13 @@ def main() -> None:
                 f"{os.cpu_count()} CPUs); the worker used {cpu_used:.1f} CPU-s in {wall:.1f} s"
             )
             print(over_time(timeline))
+            jit = (
+                f"the broker's JIT compilers used {jit_at[1] - jit_at[0]:.1f} CPU-s while "
+                f"orders were counted ({jit_at[1]:.1f} since it started)"
+                if len(jit_at) == 2 and jit_at[0] is not None and jit_at[1] is not None
+                else "the broker's JIT: not known (not a local broker)"
+            )
+            print(f"{jit}; machine pace: a fixed Python loop took {pace_ms:.0f} ms")
             if stages[0]:
                 print(f"per stage, over {len(stages[0])} orders:")
                 names = STAGES if len(stages) == len(STAGES) else DIRECT_STAGES
